@@ -1,0 +1,3 @@
+from aidsafe.cli import main
+
+main()

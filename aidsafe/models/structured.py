@@ -1,0 +1,198 @@
+"""Every structured LLM call goes through `call_structured`: schema-constrained output where the
+backend supports it, pydantic validation, bounded repair of malformed answers, and backoff on
+transient endpoint errors. The result carries what provenance needs (tokens, latency, raw)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import openai
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import Runnable, RunnableLambda
+from pydantic import BaseModel, ValidationError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from aidsafe.config import ModelConfig
+from aidsafe.errors import StageFailed
+
+T = TypeVar("T", bound=BaseModel)
+
+REPAIR_PROMPT = (
+    "Your previous answer could not be used: {problem}\n"
+    "Answer again, completely, in the required format."
+)
+
+
+class TransientModelError(Exception):
+    """A failure worth retrying (raised by test doubles and adapters without typed errors)."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Timeouts, dropped connections, rate limits and server errors: retry with backoff."""
+    if isinstance(error, TransientModelError | asyncio.TimeoutError | httpx.TransportError):
+        return True
+    if isinstance(error, openai.APIConnectionError | openai.RateLimitError):
+        return True
+    return isinstance(error, openai.APIStatusError) and error.status_code >= 500
+
+
+def raw_text(message: AIMessage | None) -> str:
+    """What the model actually said: its text, or the arguments of its tool call."""
+    if message is None:
+        return ""
+    if message.tool_calls:
+        return json.dumps(message.tool_calls[0]["args"], ensure_ascii=False)
+    content = message.content
+    return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+
+
+def strip_code_fence(text: str) -> str:
+    text = text.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+        text = text.rsplit("```", 1)[0]
+    return text.strip()
+
+
+def json_answer_parser(schema: type[BaseModel], include_raw: bool) -> Runnable[Any, Any]:
+    """Parse an AIMessage holding JSON text into `schema`, in LangChain's include_raw layout.
+    Used by backends that constrain text output rather than calling tools."""
+
+    def parse(message: AIMessage) -> Any:
+        try:
+            parsed: BaseModel | None = schema.model_validate_json(strip_code_fence(raw_text(message)))
+            error: Exception | None = None
+        except ValidationError as exc:
+            parsed, error = None, exc
+        if include_raw:
+            return {"raw": message, "parsed": parsed, "parsing_error": error}
+        if error is not None:
+            raise error
+        return parsed
+
+    return RunnableLambda(parse)
+
+
+def describe_problem(error: BaseException | None) -> str:
+    if error is None:
+        return "the answer held no structured output"
+    if isinstance(error, ValidationError):
+        parts = []
+        for item in error.errors()[:5]:
+            where = ".".join(str(p) for p in item["loc"]) or "answer"
+            parts.append(f"{where}: {item['msg']}")
+        return "; ".join(parts)
+    return str(error).splitlines()[0][:500]
+
+
+@dataclass
+class CallRecord:
+    """Provenance of one LLM request."""
+
+    role: str
+    stage: str
+    attempt: int
+    model: str
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+    ok: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def structured_method(config: ModelConfig) -> str | None:
+    """The `method` passed to with_structured_output, or None where the backend decides."""
+    if config.backend == "local":
+        return None
+    if config.structured_output != "auto":
+        return config.structured_output
+    return "json_schema" if config.base_url is None else "function_calling"
+
+
+async def call_structured(
+    model: BaseChatModel,
+    config: ModelConfig,
+    messages: list[BaseMessage],
+    schema: type[T],
+    *,
+    role: str,
+    stage: str,
+    repair_attempts: int,
+    check: Callable[[T], list[str]] | None = None,
+) -> tuple[T, list[CallRecord]]:
+    """Ask `model` for a `schema` answer. A malformed answer (or one `check` objects to) is sent
+    back with the problem `repair_attempts` times; then StageFailed('malformed_output')."""
+    method = structured_method(config)
+    kwargs: dict[str, Any] = {"include_raw": True}
+    if method is not None:
+        kwargs["method"] = method
+    runnable = model.with_structured_output(schema, **kwargs)
+    conversation = list(messages)
+    records: list[CallRecord] = []
+    problem, last_raw = "", ""
+    for attempt in range(repair_attempts + 1):
+        started = time.perf_counter()
+        result = await _invoke_with_backoff(runnable, conversation, config, stage)
+        raw: AIMessage | None = result.get("raw")
+        usage = (raw.usage_metadata if raw is not None else None) or {}
+        parsed = result.get("parsed")
+        error = result.get("parsing_error")
+        problems = [] if parsed is None or error is not None else (check(parsed) if check else [])
+        ok = parsed is not None and error is None and not problems
+        records.append(
+            CallRecord(
+                role=role,
+                stage=stage,
+                attempt=attempt,
+                model=config.model or config.backend,
+                input_tokens=int(usage.get("input_tokens", 0)),
+                output_tokens=int(usage.get("output_tokens", 0)),
+                latency_s=round(time.perf_counter() - started, 4),
+                ok=ok,
+            )
+        )
+        if ok:
+            return parsed, records  # type: ignore[return-value]
+        problem = "; ".join(problems) if problems else describe_problem(error)
+        last_raw = raw_text(raw)
+        conversation = [
+            *messages,
+            AIMessage(content=last_raw or "(empty answer)"),
+            HumanMessage(content=REPAIR_PROMPT.format(problem=problem)),
+        ]
+    failure = StageFailed(stage, "malformed_output", problem, last_raw)
+    failure.calls = records  # type: ignore[attr-defined]
+    raise failure
+
+
+async def _invoke_with_backoff(
+    runnable: Runnable[Any, Any], conversation: list[BaseMessage], config: ModelConfig, stage: str
+) -> dict[str, Any]:
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(config.max_retries + 1),
+            wait=wait_exponential_jitter(initial=config.retry_wait, max=60, jitter=config.retry_wait),
+            reraise=True,
+        ):
+            with attempt:
+                return await asyncio.wait_for(runnable.ainvoke(conversation), config.timeout)
+    except Exception as error:
+        kind = "transient, retries exhausted" if is_transient(error) else "not retryable"
+        detail = f"{type(error).__name__} ({kind}): {str(error).splitlines()[0][:500] if str(error) else ''}"
+        raise StageFailed(stage, "endpoint_error", detail) from error
+    raise AssertionError("unreachable: tenacity either returns or raises")

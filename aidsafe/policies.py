@@ -1,0 +1,129 @@
+"""Safety policy sets: the YAML schema, loading with clear errors, hashing and rendering."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aidsafe.errors import UserError, describe_validation_error
+
+PACKAGED_POLICIES = Path(__file__).parent / "data"
+DEFAULT_POLICY_SET = "default"
+
+
+class Policy(BaseModel):
+    """One policy: what it covers, what it forbids, and what it explicitly allows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Short stable identifier that thoughts cite, e.g. `physical_harm`.",
+    )
+    title: str = Field(min_length=1, description="Human-readable name.")
+    description: str = Field(min_length=1, description="What the policy is about.")
+    disallowed: list[str] = Field(default_factory=list, description="What must not be done.")
+    allowed: list[str] = Field(
+        default_factory=list,
+        description="What is explicitly fine, so the data teaches help instead of blanket refusal.",
+    )
+    examples: list[str] = Field(default_factory=list, description="Illustrative cases.")
+
+
+class PolicySet(BaseModel):
+    """A named, versioned set of policies that every agent of a run sees."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    policies: list[Policy] = Field(min_length=1)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        # `version: 1.0` in YAML is a float; accept it as the text the user wrote.
+        return str(value) if isinstance(value, int | float) else value
+
+    @field_validator("policies")
+    @classmethod
+    def _unique_ids(cls, policies: list[Policy]) -> list[Policy]:
+        seen: dict[str, int] = {}
+        for index, policy in enumerate(policies):
+            if policy.id in seen:
+                raise ValueError(
+                    f"duplicate policy id {policy.id!r} at policies[{index}] "
+                    f"(first used at policies[{seen[policy.id]}])"
+                )
+            seen[policy.id] = index
+        return policies
+
+    @property
+    def ids(self) -> list[str]:
+        return [policy.id for policy in self.policies]
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the content (not the file bytes), so comments and layout do not matter."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def render(self) -> str:
+        """The policy block that opens every prompt (static text first, for prefix caching)."""
+        lines = [f"# Safety policies: {self.name} (version {self.version})", self.description, ""]
+        for policy in self.policies:
+            lines.append(f"## [{policy.id}] {policy.title}")
+            lines.append(policy.description.strip())
+            for heading, items in (
+                ("Not allowed", policy.disallowed),
+                ("Allowed", policy.allowed),
+                ("Examples", policy.examples),
+            ):
+                if items:
+                    lines.append(f"{heading}:")
+                    lines.extend(f"- {item.strip()}" for item in items)
+            lines.append("")
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def resolve_policy_path(spec: str | Path) -> Path:
+    """A path, or the name of a policy set shipped with aidsafe (`default`)."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    packaged = PACKAGED_POLICIES / f"{spec}.yaml"
+    if isinstance(spec, str) and "/" not in spec and packaged.exists():
+        return packaged
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_POLICIES.glob("*.yaml")))
+    raise UserError(f"{spec}: policy file not found (shipped policy sets: {shipped})")
+
+
+def load_policies(spec: str | Path) -> PolicySet:
+    path = resolve_policy_path(spec)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: cannot read policy file: {error}") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from error
+    if data is None:
+        raise UserError(f"{path}: the policy file is empty")
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{path}: expected a mapping with name, version, description and policies, "
+            f"got {type(data).__name__}"
+        )
+    try:
+        return PolicySet.model_validate(data)
+    except ValidationError as error:
+        raise UserError(describe_validation_error(str(path), error)) from error

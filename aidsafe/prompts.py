@@ -1,0 +1,142 @@
+"""Prompt templates and their rendering. Every prompt opens with the policy block and the role's
+static instructions; the per-row text comes last, so engines with prefix caching reuse the rest."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+
+from aidsafe.config import PromptTemplate
+from aidsafe.errors import UserError
+
+DECOMPOSER_INSTRUCTIONS = """\
+You analyse requests sent to an AI assistant, before anyone answers them. Identify the intents \
+behind the user's query. Explicit intents are what the query literally asks for, stated plainly, \
+even when harmful. Implicit intents are the underlying goals a user most plausibly has; they are \
+often benign. Do not answer the query."""
+
+DRAFTER_INSTRUCTIONS = """\
+You are an AI assistant that reasons about the safety policies before it answers. Write a chain \
+of thought of short, concrete steps: consider each intent, decide which policies apply to it and \
+cite them by id, and decide what help is allowed. Then write the response to the user: helpful \
+wherever the policies allow, declining only what they forbid, and saying briefly why."""
+
+DELIBERATOR_INSTRUCTIONS = """\
+You take part in a deliberation that checks an assistant's chain of thought against the safety \
+policies. Read the query, its intents, the thoughts so far and the current response. If a \
+thought is wrong, misapplies or misses a policy, or an intent is not covered, or the response \
+does not follow from the thoughts (an unneeded refusal counts as a fault), write the new or \
+corrected thoughts and, if needed, an updated response. If nothing needs to change, declare \
+the chain of thought complete."""
+
+REFINER_INSTRUCTIONS = """\
+You are an impartial judge who refines a chain of thought written by several agents. Remove \
+every thought that is repetitive (restates an earlier thought), redundant (adds nothing to the \
+decision), deceptive (misstates the query, the policies or the facts) or policy-inconsistent \
+(contradicts the policies), giving the reason for each. Keep every other thought. Then write the \
+final response so that it follows from the kept thoughts and the policies."""
+
+DECOMPOSER_TASK = "Query:\n{query}"
+DRAFTER_TASK = "Query:\n{query}\n\nIntents:\n{intents}"
+DELIBERATOR_TASK = (
+    "Query:\n{query}\n\nIntents:\n{intents}\n\nThoughts so far:\n{thoughts}\n\n"
+    "Current response:\n{response}\n\nYou are agent {agent} of {agents}, turn {turn}."
+)
+REFINER_TASK = (
+    "Query:\n{query}\n\nIntents:\n{intents}\n\nAll thoughts, numbered:\n{thoughts}\n\n"
+    "Last response:\n{response}"
+)
+
+
+@dataclass(frozen=True)
+class RolePrompt:
+    instructions: str
+    task: str
+    placeholders: frozenset[str]  # the task may use these; `query` is required
+
+
+DEFAULT_PROMPTS: dict[str, RolePrompt] = {
+    "decomposer": RolePrompt(DECOMPOSER_INSTRUCTIONS, DECOMPOSER_TASK, frozenset({"query"})),
+    "drafter": RolePrompt(DRAFTER_INSTRUCTIONS, DRAFTER_TASK, frozenset({"query", "intents"})),
+    "deliberator": RolePrompt(
+        DELIBERATOR_INSTRUCTIONS,
+        DELIBERATOR_TASK,
+        frozenset({"query", "intents", "thoughts", "response", "agent", "agents", "turn"}),
+    ),
+    "refiner": RolePrompt(
+        REFINER_INSTRUCTIONS, REFINER_TASK, frozenset({"query", "intents", "thoughts", "response"})
+    ),
+}
+
+
+def _fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def _text_or_file(value: str) -> str:
+    # A single line naming an existing file is a path; anything else is the text itself.
+    if "\n" not in value and len(value) < 4096 and Path(value).is_file():
+        return Path(value).read_text(encoding="utf-8")
+    return value
+
+
+def load_prompts(overrides: Mapping[str, PromptTemplate]) -> dict[str, RolePrompt]:
+    """Defaults with the config's overrides, placeholders checked now rather than mid-run."""
+    prompts = dict(DEFAULT_PROMPTS)
+    for role, override in overrides.items():
+        base = prompts[role]
+        instructions = base.instructions
+        task = base.task
+        if override.instructions is not None:
+            instructions = _text_or_file(override.instructions)
+            try:
+                found = _fields(instructions)
+            except ValueError as error:
+                raise UserError(f"prompts.{role}.instructions: {error}") from error
+            if found:
+                raise UserError(
+                    f"prompts.{role}.instructions: must be static text (it is shared across "
+                    f"rows for prefix caching) but uses placeholders {sorted(found)}"
+                )
+        if override.task is not None:
+            task = _text_or_file(override.task)
+            try:
+                found = _fields(task)
+            except ValueError as error:
+                raise UserError(f"prompts.{role}.task: {error}") from error
+            unknown = found - base.placeholders
+            if unknown:
+                raise UserError(
+                    f"prompts.{role}.task: unknown placeholders {sorted(unknown)} "
+                    f"(available: {sorted(base.placeholders)})"
+                )
+            if "query" not in found:
+                raise UserError(f"prompts.{role}.task: must contain the {{query}} placeholder")
+        prompts[role] = RolePrompt(instructions, task, base.placeholders)
+    return prompts
+
+
+def render_messages(policy_block: str, prompt: RolePrompt, **values: Any) -> list[BaseMessage]:
+    system = f"{policy_block}\n# Your task\n{prompt.instructions}"
+    return [SystemMessage(content=system), HumanMessage(content=prompt.task.format(**values))]
+
+
+def format_intents(intents: Mapping[str, Sequence[str]]) -> str:
+    lines = [f"- explicit: {item}" for item in intents.get("explicit", [])]
+    lines += [f"- implicit: {item}" for item in intents.get("implicit", [])]
+    return "\n".join(lines) or "- (none found)"
+
+
+def format_thought(thought: Mapping[str, Any]) -> str:
+    cited = thought.get("policies") or []
+    return f"{thought['text'].strip()}" + (f" [{', '.join(cited)}]" if cited else "")
+
+
+def format_thoughts(thoughts: Sequence[Mapping[str, Any]]) -> str:
+    """Numbered list: the layout agents read and the layout of the final CoT."""
+    return "\n".join(f"{n}. {format_thought(t)}" for n, t in enumerate(thoughts, 1)) or "(none)"
