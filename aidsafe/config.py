@@ -53,7 +53,7 @@ class ModelConfig(BaseModel):
     temperature: float | None = Field(
         None, ge=0, description="Sampling temperature (unset: the role's default)."
     )
-    max_tokens: int | None = Field(512, gt=0, description="Most tokens one answer may generate.")
+    max_tokens: int | None = Field(1024, gt=0, description="Most tokens one answer may generate.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling (unset: server's).")
     seed: int | None = Field(None, description="Sampling seed, where the backend honours one.")
     structured_output: StructuredMethod = Field(

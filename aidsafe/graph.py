@@ -11,7 +11,8 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel
 
-from aidsafe.context import RecipeContext
+from aidsafe.config import RunConfig
+from aidsafe.context import RecipeContext, build_context
 from aidsafe.models.structured import call_structured
 from aidsafe.prompts import format_intents, format_thoughts, render_messages
 from aidsafe.schemas import Intents, Refinement
@@ -202,3 +203,48 @@ def compile_graph(
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     return build_graph(ctx).compile(checkpointer=checkpointer, name="aidsafe")
 
+
+
+def mermaid_diagram(config: RunConfig) -> str:
+    """The graph as Mermaid text; no model is built or called."""
+    placeholders: dict[str, Any] = dict.fromkeys(config.roles())
+    return str(compile_graph(build_context(config, models=placeholders)).get_graph().draw_mermaid())
+
+
+def trace_record(state: dict[str, Any], ctx: RecipeContext) -> dict[str, Any]:
+    """The full provenance record of one finished prompt (a line of traces.jsonl)."""
+    from aidsafe import __version__
+
+    calls = state.get("calls", [])
+    turns = state.get("turns", [])
+    return {
+        "id": state["id"],
+        "prompt": state["prompt"],
+        "recipe": "aidsafe",
+        "intents": state["intents"],
+        "initial_cot": [t for t in state["thoughts"] if t["turn"] == 0],
+        "initial_response": state["initial_response"],
+        "deliberation": {
+            "turns": turns,
+            "agreed": bool(state.get("agreed")),
+            "rounds": max((t["round"] for t in turns), default=0),
+        },
+        "thoughts": state["thoughts"],
+        "removed": state["removed"],
+        "final_cot": state["final_thoughts"],
+        "response": state["final_response"],
+        "policy_set": {
+            "name": ctx.policies.name,
+            "version": ctx.policies.version,
+            "sha256": ctx.policies.sha256,
+        },
+        "models": {role: cfg.provenance() for role, cfg in ctx.model_configs.items()},
+        "calls": calls,
+        "tokens": {
+            "input": sum(c["input_tokens"] for c in calls),
+            "output": sum(c["output_tokens"] for c in calls),
+        },
+        "latency_s": round(sum(c["latency_s"] for c in calls), 4),
+        "notes": state.get("notes", []),
+        "aidsafe_version": __version__,
+    }

@@ -37,7 +37,7 @@ def build_chat_model(config: ModelConfig) -> BaseChatModel:
             n_ctx=config.n_ctx,
             n_threads=config.n_threads,
             temperature=config.temperature if config.temperature is not None else 0.7,
-            max_tokens=config.max_tokens or 512,
+            max_tokens=config.max_tokens or 1024,
             top_p=config.top_p,
             seed=config.seed,
         )

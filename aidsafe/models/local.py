@@ -59,6 +59,18 @@ def _engine(path: str, n_ctx: int, n_threads: int | None) -> _Engine:
 _ROLE_NAMES = {"human": "user", "ai": "assistant", "system": "system"}
 
 
+def bound_strings(schema: Any, max_chars: int) -> Any:
+    """A copy of a JSON schema where every string without a maxLength gets `max_chars`."""
+    if isinstance(schema, list):
+        return [bound_strings(item, max_chars) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    bounded = {key: bound_strings(value, max_chars) for key, value in schema.items()}
+    if bounded.get("type") == "string" and "enum" not in bounded and "maxLength" not in bounded:
+        bounded["maxLength"] = max_chars
+    return bounded
+
+
 class ChatLlamaCpp(BaseChatModel):
     """Chat completions from a local GGUF model; structured output via a JSON-schema grammar."""
 
@@ -66,9 +78,13 @@ class ChatLlamaCpp(BaseChatModel):
     n_ctx: int = 8192
     n_threads: int | None = None
     temperature: float = 0.7
-    max_tokens: int = 512
+    max_tokens: int = 1024
     top_p: float | None = None
     seed: int | None = None
+    repeat_penalty: float = 1.1
+    # Bounds every string in the grammar, so a small model that starts to loop still closes
+    # its JSON before max_tokens instead of producing an unparseable answer.
+    max_string_chars: int = 400
 
     @property
     def _llm_type(self) -> str:
@@ -93,6 +109,7 @@ class ChatLlamaCpp(BaseChatModel):
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "stop": stop,
+            "repeat_penalty": self.repeat_penalty,
         }
         if self.top_p is not None:
             request["top_p"] = self.top_p
@@ -129,5 +146,6 @@ class ChatLlamaCpp(BaseChatModel):
         self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
     ) -> Runnable[Any, Any]:
         """Grammar-constrained JSON: llama.cpp compiles the JSON schema into a GBNF grammar."""
-        response_format = {"type": "json_object", "schema": schema.model_json_schema()}
+        bounded = bound_strings(schema.model_json_schema(), self.max_string_chars)
+        response_format = {"type": "json_object", "schema": bounded}
         return self.bind(response_format=response_format) | json_answer_parser(schema, include_raw)

@@ -186,7 +186,7 @@ async def _invoke_with_backoff(
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(config.max_retries + 1),
-            wait=wait_exponential_jitter(initial=config.retry_wait, max=60, jitter=config.retry_wait),
+            wait=wait_exponential_jitter(multiplier=config.retry_wait, max=60, jitter=config.retry_wait),
             reraise=True,
         ):
             with attempt:

@@ -1,0 +1,249 @@
+"""The `aidsafe` command line. Bad input ends with one readable line and exit code 2."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from aidsafe.errors import UserError
+
+app = typer.Typer(
+    help="Generate policy-embedded chain-of-thought safety data with LLM agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+policies_app = typer.Typer(help="Check and display policy sets.", no_args_is_help=True)
+app.add_typer(policies_app, name="policies")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (see examples/).")
+]
+
+
+@app.command()
+def generate(
+    input: Annotated[
+        str, typer.Argument(help="JSONL, CSV or Parquet file, saved dataset folder, or HF name.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
+    config: ConfigOption = None,
+    recipe: Annotated[str | None, typer.Option(help="Recipe to run: aidsafe.")] = None,
+    policies: Annotated[
+        str | None, typer.Option(help="Policy YAML file or shipped set name (default: default).")
+    ] = None,
+    prompt_field: Annotated[
+        str | None, typer.Option(help="Column with the prompt [default: prompt].")
+    ] = None,
+    id_field: Annotated[
+        str | None, typer.Option(help="Column with the row id [default: id, else a hash].")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split of a HF dataset [default: train].")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N rows.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Prompts in flight at once [default: 4].")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Default model backend: local or openai.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Default model name (or GGUF path).")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible endpoint for every role.")
+    ] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Env var holding the API key [default: OPENAI_API_KEY].")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Temperature for every role without its own setting.")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Max tokens per answer.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Config changed: move old outputs aside and start again.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Try the rows in failures.jsonl again.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
+) -> None:
+    """Run a recipe over prompts and write traces, SFT rows, failures and a manifest."""
+    from aidsafe.config import load_config
+    from aidsafe.inputs import PromptSource
+    from aidsafe.rundir import RunDirectory
+    from aidsafe.runner import generate as run_generate
+
+    if base_url is not None and backend is None:
+        backend = "openai"
+    default_model = {
+        "backend": backend,
+        "model": model,
+        "base_url": base_url,
+        "api_key_env": api_key_env,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
+    overrides: dict[str, Any] = {
+        "recipe": recipe,
+        "policies": policies,
+        "concurrency": concurrency,
+        "input": {"prompt_field": prompt_field, "id_field": id_field, "split": split},
+    }
+    if any(value is not None for value in default_model.values()):
+        overrides["models"] = {"default": default_model}
+    settings = load_config(config, overrides)
+    source = PromptSource(
+        input,
+        prompt_field=settings.input.prompt_field,
+        id_field=settings.input.id_field,
+        split=settings.input.split,
+        id_field_required="id_field" in settings.input.model_fields_set,
+    )
+    run = RunDirectory(out_dir)
+    try:
+        summary = asyncio.run(
+            run_generate(
+                source,
+                run,
+                settings,
+                limit=limit,
+                force=force,
+                retry_failed=retry_failed,
+                console=err,
+                show_progress=not quiet,
+            )
+        )
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]Interrupted.[/] Finished rows are saved in {out_dir}; "
+            "run the same command again to continue."
+        )
+        raise typer.Exit(130) from None
+    if summary.archived:
+        err.print(f"Earlier outputs moved to {summary.archived}")
+    print_summary(summary)
+
+
+def print_summary(summary: Any) -> None:
+    totals = summary.totals
+    table = Table(title="aidsafe run", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("rows in input (after --limit)", str(summary.total_rows))
+    table.add_row("done / failed this run", f"{summary.done_now} / {summary.failed_now}")
+    table.add_row("already finished earlier", str(summary.skipped))
+    table.add_row("done / failed in directory", f"{totals['done']} / {totals['failed']}")
+    for reason, count in totals["failed_by_reason"].items():
+        table.add_row(f"  failed: {reason}", str(count))
+    for role, tokens in totals["tokens_by_role"].items():
+        table.add_row(
+            f"  tokens: {role}",
+            f"{tokens['input']:,} in / {tokens['output']:,} out ({tokens['calls']} calls)",
+        )
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    out.print(table)
+    out.print(
+        f"Outputs in [bold]{escape(summary.out)}[/]: sft.jsonl (training rows), traces.jsonl "
+        "(full records), failures.jsonl, manifest.json"
+    )
+    if totals["failed_by_reason"].get("endpoint_error"):
+        out.print("Some rows hit endpoint errors; re-run with --retry-failed to try them again.")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    to: Annotated[str, typer.Option(help="parquet, hf (save_to_disk folder) or jsonl.")] = "parquet",
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write.")] = None,
+) -> None:
+    """Export a run's SFT rows as a Hugging Face dataset (Parquet, save_to_disk or JSONL)."""
+    from aidsafe.export import export_run
+
+    if to not in ("parquet", "hf", "jsonl"):
+        raise UserError(f"--to: expected parquet, hf or jsonl, got {to!r}")
+    target, rows = export_run(run_dir, to, output)  # type: ignore[arg-type]
+    out.print(f"Wrote {rows} SFT rows to {target}")
+
+
+@policies_app.command("validate")
+def policies_validate(
+    path: Annotated[str, typer.Argument(help="Policy YAML file or shipped set name.")],
+) -> None:
+    """Check a policy file against the schema; print its name, size and hash."""
+    from aidsafe.policies import load_policies
+
+    policy_set = load_policies(path)
+    out.print(
+        f"[green]valid[/]: {escape(policy_set.name)} version {escape(policy_set.version)}, "
+        f"{len(policy_set.policies)} policies ({', '.join(policy_set.ids)}), "
+        f"sha256 {policy_set.sha256}"
+    )
+
+
+@policies_app.command("show")
+def policies_show(
+    path: Annotated[str, typer.Argument(help="Policy YAML file or shipped set name.")],
+    as_prompt: Annotated[
+        bool, typer.Option("--as-prompt", help="Print the exact text every agent receives.")
+    ] = False,
+) -> None:
+    """Display a policy set as a table, or as the text agents see."""
+    from aidsafe.policies import load_policies
+
+    policy_set = load_policies(path)
+    if as_prompt:
+        sys.stdout.write(policy_set.render())
+        return
+    table = Table(title=f"{policy_set.name} v{policy_set.version}", show_lines=True)
+    for column in ("id", "title", "not allowed", "allowed"):
+        table.add_column(column)
+    for policy in policy_set.policies:
+        table.add_row(
+            policy.id,
+            f"{policy.title}\n[dim]{escape(policy.description)}[/]",
+            "\n".join(f"- {item}" for item in policy.disallowed),
+            "\n".join(f"- {item}" for item in policy.allowed),
+        )
+    out.print(table)
+    out.print(f"sha256 {policy_set.sha256}")
+
+
+@app.command()
+def graph(config: ConfigOption = None) -> None:
+    """Print the recipe graph as Mermaid."""
+    from aidsafe.config import load_config
+    from aidsafe.graph import mermaid_diagram
+
+    sys.stdout.write(mermaid_diagram(load_config(config)))
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Print the effective configuration (file + AIDSAFE_* env + defaults) as YAML."""
+    from aidsafe.config import load_config
+
+    settings = load_config(config)
+    resolved = settings.model_dump(mode="json")
+    resolved["resolved_models"] = {
+        role: settings.model_for(role).model_dump(mode="json") for role in settings.roles()
+    }
+    sys.stdout.write(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as error:
+        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        sys.exit(2)

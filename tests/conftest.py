@@ -1,0 +1,81 @@
+"""Shared test helpers: scripted per-role models and small prompt files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aidsafe.config import RunConfig, load_config
+from aidsafe.testing import ScriptedChatModel
+
+INTENTS = {"explicit": ["stop a stuck process"], "implicit": ["get work done"]}
+DRAFT = {
+    "thoughts": [
+        {"text": "The user wants to end a hung program.", "policies": ["respect_helpfulness"]},
+        {"text": "Killing a process is not violence.", "policies": ["physical_harm"]},
+    ],
+    "response": "Use `kill PID`, or Task Manager on Windows.",
+}
+AGREE = {"complete": True, "thoughts": [], "response": None}
+REVISE = {
+    "complete": False,
+    "thoughts": [{"text": "Mention SIGKILL as a last resort.", "policies": []}],
+    "response": "Use `kill PID`; if it ignores that, `kill -9 PID`.",
+}
+REFINE = {
+    "removed": [{"thought": 2, "reason": "redundant", "explanation": "Adds nothing."}],
+    "response": "Use `kill PID`; if that fails, `kill -9 PID`.",
+}
+
+
+def scripted(
+    decomposer: list[Any] | None = None,
+    drafter: list[Any] | None = None,
+    deliberators: list[list[Any]] | None = None,
+    refiner: list[Any] | None = None,
+    repeat: bool = True,
+) -> dict[str, ScriptedChatModel]:
+    """Scripted models for every AIDSAFE role (answers repeat, so one script serves many rows)."""
+    deliberators = deliberators or [[AGREE], [AGREE]]
+    models = {
+        "decomposer": ScriptedChatModel(decomposer or [INTENTS], repeat_last=repeat),
+        "drafter": ScriptedChatModel(drafter or [DRAFT], repeat_last=repeat),
+        "refiner": ScriptedChatModel(refiner or [REFINE], repeat_last=repeat),
+    }
+    for n, answers in enumerate(deliberators, 1):
+        models[f"deliberator_{n}"] = ScriptedChatModel(answers, repeat_last=repeat)
+    return models
+
+
+def make_config(**overrides: Any) -> RunConfig:
+    base: dict[str, Any] = {"models": {"default": {"retry_wait": 0}}}
+    base.update(overrides)
+    return load_config(None, base)
+
+
+def write_prompts(path: Path, prompts: list[str], with_ids: bool = True) -> Path:
+    with path.open("w", encoding="utf-8") as handle:
+        for n, prompt in enumerate(prompts):
+            row: dict[str, Any] = {"prompt": prompt}
+            if with_ids:
+                row["id"] = f"p{n}"
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("AIDSAFE_"):
+            monkeypatch.delenv(key)
