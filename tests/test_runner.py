@@ -1,0 +1,172 @@
+"""Runs over a prompt file with scripted models: outputs, failures, resume, config guard."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pytest
+
+from aidsafe.errors import UserError
+from aidsafe.inputs import PromptSource
+from aidsafe.rundir import RunDirectory
+from aidsafe.runner import generate
+from aidsafe.testing import ScriptedChatModel
+from tests.conftest import AGREE, INTENTS, REFINE, REVISE, make_config, read_jsonl, scripted, write_prompts
+
+
+async def go(tmp_path: Path, models: dict[str, Any], prompts: Path, **kwargs: Any) -> Any:
+    config = kwargs.pop("config", None) or make_config(concurrency=kwargs.pop("concurrency", 1))
+    return await generate(
+        PromptSource(str(prompts)), RunDirectory(tmp_path / "run"), config,
+        models=models, show_progress=False, **kwargs,
+    )
+
+
+async def test_run_writes_traces_sft_failures_and_manifest(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b", "c"])
+    summary = await go(tmp_path, scripted(deliberators=[[REVISE], [AGREE]]), prompts, concurrency=3)
+    run = tmp_path / "run"
+    assert (summary.done_now, summary.failed_now) == (3, 0)
+    traces = read_jsonl(run / "traces.jsonl")
+    assert sorted(t["id"] for t in traces) == ["p0", "p1", "p2"]
+    trace = traces[0]
+    assert trace["intents"] == INTENTS
+    assert len(trace["initial_cot"]) == 2 and trace["deliberation"]["agreed"] is True
+    assert [t["agent"] for t in trace["deliberation"]["turns"]] == ["deliberator_1", "deliberator_2"]
+    assert trace["removed"][0]["reason"] == "redundant"
+    assert trace["policy_set"]["name"] == "aidsafe-default" and len(trace["policy_set"]["sha256"]) == 64
+    assert trace["models"]["refiner"]["temperature"] == 0.0
+    assert {c["role"] for c in trace["calls"]} == {
+        "decomposer", "drafter", "deliberator_1", "deliberator_2", "refiner"
+    }
+    sft = read_jsonl(run / "sft.jsonl")
+    assert set(sft[0]) == {"id", "messages", "metadata"}
+    user, assistant = sft[0]["messages"]
+    assert user["role"] == "user" and assistant["role"] == "assistant"
+    assert assistant["content"].startswith("<think>\n1. The user wants")
+    assert assistant["content"].endswith("</think>\n\n" + REFINE["response"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["counts"]["done"] == 3 and manifest["tokens_by_role"]["refiner"]["calls"] == 3
+    assert manifest["packages"]["langgraph"]
+    # TRL loads conversational SFT rows from exactly this layout
+    loaded = datasets.Dataset.from_json(str(run / "sft.jsonl"))
+    assert loaded.column_names == ["id", "messages", "metadata"]
+
+
+async def test_bad_rows_and_failed_rows_go_to_failures_and_the_run_goes_on(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"id": "ok", "prompt": "fine"}, {"id": "empty", "prompt": " "},
+            {"id": "ok", "prompt": "same id"}, {"id": "bad", "prompt": "refiner breaks"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def refiner(messages: list[Any]) -> Any:
+        return "garbage" if "refiner breaks" in messages[1].text else REFINE
+
+    models = scripted(refiner=[refiner])
+    summary = await go(tmp_path, models, prompts, config=make_config(repair_attempts=1))
+    failures = {f["id"] + f["reason"]: f for f in read_jsonl(tmp_path / "run" / "failures.jsonl")}
+    assert set(failures) == {"emptyinvalid_prompt", "okduplicate_id", "badmalformed_output"}
+    assert failures["badmalformed_output"]["stage"] == "refine"
+    assert failures["badmalformed_output"]["raw_output"] == "garbage"
+    assert len(failures["badmalformed_output"]["calls"]) == 5  # earlier stages' calls are kept
+    assert [t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl")] == ["ok"]
+    assert (summary.done_now, summary.failed_now) == (1, 3)
+    # a re-run finds everything accounted for and records nothing twice
+    again = await go(tmp_path, scripted(), prompts, config=make_config(repair_attempts=1))
+    assert (again.done_now, again.failed_now, again.skipped) == (0, 0, 4)
+    assert len(read_jsonl(tmp_path / "run" / "failures.jsonl")) == 3
+
+
+KILLED_RUN = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from aidsafe.inputs import PromptSource
+from aidsafe.rundir import RunDirectory
+from aidsafe.runner import generate
+from tests.conftest import REFINE, make_config, scripted
+
+def kill_now(messages):
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of p2's refiner call
+
+tmp = Path(sys.argv[1])
+models = scripted(refiner=[REFINE, REFINE, kill_now])
+asyncio.run(generate(PromptSource(str(tmp / "p.jsonl")), RunDirectory(tmp / "run"),
+                     make_config(concurrency=1), models=models, show_progress=False))
+"""
+
+
+async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(5)])
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(tmp_path)],
+        cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run = tmp_path / "run"
+    assert [t["id"] for t in read_jsonl(run / "traces.jsonl")] == ["p0", "p1"]
+
+    second = scripted()
+    summary = await go(tmp_path, second, prompts)
+    traces = read_jsonl(run / "traces.jsonl")
+    assert sorted(t["id"] for t in traces) == ["p0", "p1", "p2", "p3", "p4"]  # none lost, none twice
+    assert [s["id"] for s in read_jsonl(run / "sft.jsonl")] == [t["id"] for t in traces]
+    assert read_jsonl(run / "failures.jsonl") == []
+    assert summary.skipped == 2 and summary.done_now == 3
+    # p2 had finished decompose, draft and deliberation before the kill: only its refiner reruns
+    assert second["decomposer"].calls == 2
+    assert second["drafter"].calls == 2
+    assert second["deliberator_1"].calls == 2
+    assert second["refiner"].calls == 3
+    p2 = next(t for t in traces if t["id"] == "p2")
+    assert [c["role"] for c in p2["calls"]] == [
+        "decomposer", "drafter", "deliberator_1", "refiner"
+    ]
+
+
+async def test_half_written_ledger_line_is_cut_and_the_row_recovered(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b"])
+    await go(tmp_path, scripted(), prompts)
+    run = tmp_path / "run"
+    lines = (run / "traces.jsonl").read_text().splitlines(keepends=True)
+    (run / "traces.jsonl").write_text(lines[0] + lines[1][:40])  # killed mid-write
+    again = await go(tmp_path, scripted(), prompts)
+    assert again.done_now == 1
+    assert [t["id"] for t in read_jsonl(run / "traces.jsonl")] == ["p0", "p1"]
+    assert [s["id"] for s in read_jsonl(run / "sft.jsonl")] == ["p0", "p1"]
+
+
+async def test_changed_config_is_refused_unless_forced(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a"])
+    await go(tmp_path, scripted(), prompts)
+    changed = make_config(models={"default": {"retry_wait": 0}, "refiner": {"temperature": 0.5}})
+    with pytest.raises(UserError, match=r"models.refiner.temperature: 0.0 -> 0.5"):
+        await go(tmp_path, scripted(), prompts, config=changed)
+    summary = await go(tmp_path, scripted(), prompts, config=changed, force=True)
+    assert summary.archived and (Path(summary.archived) / "traces.jsonl").exists()
+    assert len(read_jsonl(tmp_path / "run" / "traces.jsonl")) == 1
+    # concurrency is not part of the fingerprint
+    await go(tmp_path, scripted(), prompts, config=make_config(
+        concurrency=8, models={"default": {"retry_wait": 0}, "refiner": {"temperature": 0.5}}))
+
+
+async def test_retry_failed_runs_failed_rows_again(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b"])
+    broken = scripted(refiner=[REFINE, "garbage"])
+    await go(tmp_path, broken, prompts, config=make_config(repair_attempts=0))
+    assert [f["id"] for f in read_jsonl(tmp_path / "run" / "failures.jsonl")] == ["p1"]
+    fixed = scripted()
+    summary = await go(tmp_path, fixed, prompts, config=make_config(repair_attempts=0), retry_failed=True)
+    assert summary.done_now == 1 and fixed["decomposer"].calls == 0  # resumed at the refiner
+    assert read_jsonl(tmp_path / "run" / "failures.jsonl") == []
+    assert sorted(t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl")) == ["p0", "p1"]
+
+
+async def test_limit_takes_the_first_rows(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b", "c"])
+    summary = await go(tmp_path, scripted(), prompts, limit=2)
+    assert summary.total_rows == 2
+    assert [t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl")] == ["p0", "p1"]
