@@ -82,3 +82,129 @@ class ScriptedChatModel(BaseChatModel):
         self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
     ) -> Runnable[Any, Any]:
         return self | json_answer_parser(schema, include_raw)
+
+
+def example_instance(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """The smallest value that satisfies a JSON schema (as pydantic writes them)."""
+    root = root or schema
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return example_instance(root["$defs"][name], root)
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "anyOf" in schema:
+        return example_instance(schema["anyOf"][0], root)
+    kind = schema.get("type")
+    if kind == "object":
+        return {
+            name: example_instance(sub, root) for name, sub in schema.get("properties", {}).items()
+        }
+    if kind == "array":
+        return [example_instance(schema["items"], root) for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        return "stub text"
+    if kind == "integer":
+        return int(schema.get("minimum", 1))
+    if kind == "number":
+        return float(schema.get("minimum", 0))
+    if kind == "boolean":
+        return True
+    return None
+
+
+class StubOpenAIServer:
+    """A loopback OpenAI-compatible chat server that answers every structured request (tool call
+    or json_schema response_format) with a schema-valid instance. For tests and benchmarks only:
+    `latency` delays every answer; `fail_first` answers the first N requests with HTTP 503."""
+
+    def __init__(self, latency: float = 0.0, fail_first: int = 0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stub = self
+        self.latency = latency
+        self.fail_first = fail_first
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                request = json.loads(self.rfile.read(length))
+                with stub._lock:
+                    stub.requests.append(request)
+                    failing = len(stub.requests) <= stub.fail_first
+                if stub.latency:
+                    import time
+
+                    time.sleep(stub.latency)
+                if failing:
+                    self._send(503, {"error": {"message": "overloaded (stub)"}})
+                    return
+                self._send(200, stub.answer(request))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "stub answer"}
+        tools = request.get("tools") or []
+        response_format = request.get("response_format") or {}
+        if tools:
+            function = tools[0]["function"]
+            arguments = json.dumps(example_instance(function["parameters"]))
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_stub",
+                        "type": "function",
+                        "function": {"name": function["name"], "arguments": arguments},
+                    }
+                ],
+            }
+        elif response_format.get("type") == "json_schema":
+            schema = response_format["json_schema"]["schema"]
+            message["content"] = json.dumps(example_instance(schema))
+        prompt_tokens = sum(len(str(m.get("content") or "")) for m in request["messages"]) // 4
+        completion_tokens = len(json.dumps(message)) // 4
+        return {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": 0,
+            "model": request.get("model", "stub"),
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def __enter__(self) -> StubOpenAIServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,176 @@
+"""The command line: real runs against a loopback OpenAI-compatible stub, and every bad-input
+path ending in exit code 2 with one readable message."""
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+
+from aidsafe.cli import main
+from aidsafe.testing import StubOpenAIServer
+from tests.conftest import read_jsonl, write_prompts
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    old = sys.argv
+    sys.argv = ["aidsafe", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exit:
+        code = int(exit.code or 0)
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return code, " ".join(captured.out.split()), " ".join(captured.err.split())
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    return write_prompts(tmp_path / "p.jsonl", ["How do I kill a process?", "Hello"])
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema"])
+def test_generate_against_an_openai_compatible_endpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prompts: Path, method: str
+) -> None:
+    with StubOpenAIServer(fail_first=2) as stub:  # two 503s: retried, never fatal
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            f"models:\n  default:\n    backend: openai\n    base_url: {stub.base_url}\n"
+            f"    model: stub\n    structured_output: {method}\n    retry_wait: 0\n"
+        )
+        code, out, err = cli(
+            capsys, "generate", str(prompts), "--out", str(tmp_path / "run"),
+            "--config", str(config), "--quiet",
+        )
+        assert code == 0, err
+        assert "done / failed this run │ 2 / 0" in out
+        request = stub.requests[-1]
+        assert ("tools" in request) == (method == "function_calling")
+    traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
+    assert len(traces) == 2 and traces[0]["models"]["drafter"]["base_url"] == stub.base_url
+    manifest = (tmp_path / "run" / "manifest.json").read_text()
+    assert "OPENAI_API_KEY" not in manifest and "api_key" not in manifest
+
+
+def test_flags_alone_point_every_role_at_an_endpoint(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prompts: Path
+) -> None:
+    with StubOpenAIServer() as stub:
+        code, _, err = cli(
+            capsys, "generate", str(prompts), "--out", str(tmp_path / "run"),
+            "--base-url", stub.base_url, "--model", "stub", "--quiet", "--limit", "1",
+        )
+    assert code == 0, err
+    assert len(read_jsonl(tmp_path / "run" / "sft.jsonl")) == 1
+
+
+def test_unreachable_endpoint_is_reported_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prompts: Path
+) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    code, _, err = cli(
+        capsys, "generate", str(prompts), "--out", str(tmp_path / "run"),
+        "--base-url", url, "--model", "m",
+    )
+    assert code == 2
+    assert f"models.decomposer.base_url: endpoint {url} is unreachable" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, ["generate", "{tmp}/missing.jsonl"], "missing.jsonl: input file not found"),
+        ("rows", ["generate", "{tmp}/p.jsonl", "--prompt-field", "question"],
+         "no prompt field 'question' (fields: prompt, id)"),
+        ("bad_json", ["generate", "{tmp}/p.jsonl"], "p.jsonl: line 2: not valid JSON"),
+        ("rows", ["generate", "{tmp}/p.jsonl", "--policies", "{tmp}/pol.yaml"],
+         "pol.yaml: policies[0].title: Field required"),
+        ("rows", ["generate", "{tmp}/p.jsonl", "--config", "{tmp}/c.yaml"],
+         "c.yaml: concurency: unknown key"),
+        (None, ["policies", "validate", "{tmp}/none.yaml"], "none.yaml: policy file not found"),
+        (None, ["export", "{tmp}"], "no sft.jsonl here"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_message(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, setup: str | None, args: list[str],
+    message: str,
+) -> None:
+    (tmp_path / "pol.yaml").write_text("name: n\nversion: 1\ndescription: d\npolicies:\n  - id: a\n    description: x\n")
+    (tmp_path / "c.yaml").write_text("concurency: 3\n")
+    if setup == "rows":
+        write_prompts(tmp_path / "p.jsonl", ["a"])
+    if setup == "bad_json":
+        (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{oops}\n')
+    argv = [a.format(tmp=tmp_path) for a in args]
+    if argv[0] == "generate":
+        argv += ["--out", str(tmp_path / "run")]
+    code, _, err = cli(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_policies_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "policies", "validate", str(EXAMPLES / "custom-policies.yaml"))
+    assert code == 0 and "valid: kids-tutor version 0.3, 3 policies" in out
+    code, out, _ = cli(capsys, "policies", "show", "default")
+    assert code == 0 and "physical_harm" in out and "sha256" in out
+    code, out, _ = cli(capsys, "policies", "show", "default", "--as-prompt")
+    assert out.startswith("# Safety policies: aidsafe-default")
+
+
+def test_graph_prints_mermaid(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "graph")
+    assert code == 0
+    for edge in ("decompose_intents --> draft", "draft -.-> deliberate", "deliberate -.-> refine"):
+        assert edge in out
+
+
+def test_config_command_shows_resolved_roles(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "config", "--config", str(EXAMPLES / "openai.yaml"))
+    assert code == 0 and "resolved_models:" in out and "model: gpt-4.1" in out
+
+
+@pytest.mark.parametrize("to", ["parquet", "hf", "jsonl"])
+def test_export_formats_load_as_datasets(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prompts: Path, to: str
+) -> None:
+    with StubOpenAIServer() as stub:
+        code, _, err = cli(capsys, "generate", str(prompts), "--out", str(tmp_path / "run"),
+                           "--base-url", stub.base_url, "--model", "stub", "--quiet")
+    assert code == 0, err
+    target = tmp_path / f"export-{to}"
+    code, out, _ = cli(capsys, "export", str(tmp_path / "run"), "--to", to, "--out", str(target))
+    assert code == 0 and "Wrote 2 SFT rows" in out
+    if to == "parquet":
+        loaded = datasets.Dataset.from_parquet(str(target))
+    elif to == "hf":
+        loaded = datasets.load_from_disk(str(target))
+    else:
+        loaded = datasets.Dataset.from_json(str(target))
+    assert loaded.column_names == ["id", "messages", "metadata"]
+    assert loaded[0]["messages"][1]["content"].startswith("<think>\n")
+    assert json.dumps(loaded[0]["metadata"])  # provenance rides along in its own column
+
+
+@pytest.mark.parametrize("name", ["openai.yaml", "vllm-serve.yaml", "llama-server.yaml"])
+def test_example_configs_are_valid(name: str) -> None:
+    from aidsafe.config import load_config
+
+    config = load_config(EXAMPLES / name)
+    assert config.model_for("refiner").backend == "openai"
