@@ -164,7 +164,9 @@ def print_summary(summary: Any) -> None:
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    to: Annotated[str, typer.Option(help="parquet, hf (save_to_disk folder) or jsonl.")] = "parquet",
+    to: Annotated[
+        str, typer.Option(help="parquet, hf (save_to_disk folder) or jsonl.")
+    ] = "parquet",
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write.")] = None,
 ) -> None:
     """Export a run's SFT rows as a Hugging Face dataset (Parquet, save_to_disk or JSONL)."""

@@ -135,7 +135,9 @@ class RunConfig(BaseSettings):
         default_factory=dict, description="Prompt overrides per role (see README)."
     )
     repair_attempts: int = Field(
-        2, ge=0, description="Times a malformed answer is sent back for repair before the row fails."
+        2,
+        ge=0,
+        description="Times a malformed answer is sent back for repair before the row fails.",
     )
     concurrency: int = Field(4, ge=1, description="Prompts in flight at once.")
 
@@ -206,7 +208,9 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> R
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as error:
-            raise UserError(f"{path}: cannot read config file: {error.strerror or error}") from error
+            raise UserError(
+                f"{path}: cannot read config file: {error.strerror or error}"
+            ) from error
         except yaml.YAMLError as error:
             raise UserError(f"{path}: not valid YAML: {error}") from error
         if loaded is not None and not isinstance(loaded, dict):

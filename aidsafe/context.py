@@ -36,6 +36,14 @@ def build_context(
     roles = config.roles()
     model_configs = {role: config.model_for(role) for role in roles}
     if models is None:
+        for role, model_config in model_configs.items():
+            if model_config.backend == "local" and model_config.model is None:
+                # Record which GGUF file ran, not "the default".
+                from aidsafe.models.local import bundled_model_path
+
+                model_configs[role] = model_config.model_copy(
+                    update={"model": str(bundled_model_path())}
+                )
         built: dict[str, BaseChatModel] = {}
         shared: dict[str, BaseChatModel] = {}
         for role, model_config in model_configs.items():

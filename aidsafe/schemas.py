@@ -54,14 +54,14 @@ def schemas_for(policy_ids: list[str]) -> RecipeSchemas:
         __doc__="One step of reasoning.",
         text=(str, Field(min_length=1, description="The reasoning step.")),
         policies=(
-            list[policy_id],  # type: ignore[valid-type]
+            list[policy_id],
             Field(default_factory=list, max_length=3, description="Policies the step applies."),
         ),
     )
     initial_cot = create_model(
         "InitialCoT",
         __doc__="A first chain of thought and the response it leads to.",
-        thoughts=(list[thought], Field(min_length=1, max_length=8)),  # type: ignore[valid-type]
+        thoughts=(list[thought], Field(min_length=1, max_length=8)),
         response=(str, Field(min_length=1)),
     )
     deliberation_turn = create_model(
@@ -69,7 +69,7 @@ def schemas_for(policy_ids: list[str]) -> RecipeSchemas:
         __doc__="One agent's turn: declare the CoT complete, or add and correct thoughts.",
         complete=(bool, Field(description="True when nothing needs to be added or corrected.")),
         thoughts=(
-            list[thought],  # type: ignore[valid-type]
+            list[thought],
             Field(default_factory=list, max_length=4, description="New or corrected thoughts."),
         ),
         response=(

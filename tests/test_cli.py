@@ -52,8 +52,14 @@ def test_generate_against_an_openai_compatible_endpoint(
             f"    model: stub\n    structured_output: {method}\n    retry_wait: 0\n"
         )
         code, out, err = cli(
-            capsys, "generate", str(prompts), "--out", str(tmp_path / "run"),
-            "--config", str(config), "--quiet",
+            capsys,
+            "generate",
+            str(prompts),
+            "--out",
+            str(tmp_path / "run"),
+            "--config",
+            str(config),
+            "--quiet",
         )
         assert code == 0, err
         assert "done / failed this run │ 2 / 0" in out
@@ -70,8 +76,18 @@ def test_flags_alone_point_every_role_at_an_endpoint(
 ) -> None:
     with StubOpenAIServer() as stub:
         code, _, err = cli(
-            capsys, "generate", str(prompts), "--out", str(tmp_path / "run"),
-            "--base-url", stub.base_url, "--model", "stub", "--quiet", "--limit", "1",
+            capsys,
+            "generate",
+            str(prompts),
+            "--out",
+            str(tmp_path / "run"),
+            "--base-url",
+            stub.base_url,
+            "--model",
+            "stub",
+            "--quiet",
+            "--limit",
+            "1",
         )
     assert code == 0, err
     assert len(read_jsonl(tmp_path / "run" / "sft.jsonl")) == 1
@@ -82,8 +98,15 @@ def test_unreachable_endpoint_is_reported_before_the_run(
 ) -> None:
     url = f"http://127.0.0.1:{closed_port()}/v1"
     code, _, err = cli(
-        capsys, "generate", str(prompts), "--out", str(tmp_path / "run"),
-        "--base-url", url, "--model", "m",
+        capsys,
+        "generate",
+        str(prompts),
+        "--out",
+        str(tmp_path / "run"),
+        "--base-url",
+        url,
+        "--model",
+        "m",
     )
     assert code == 2
     assert f"models.decomposer.base_url: endpoint {url} is unreachable" in err
@@ -95,22 +118,36 @@ def test_unreachable_endpoint_is_reported_before_the_run(
     ("setup", "args", "message"),
     [
         (None, ["generate", "{tmp}/missing.jsonl"], "missing.jsonl: input file not found"),
-        ("rows", ["generate", "{tmp}/p.jsonl", "--prompt-field", "question"],
-         "no prompt field 'question' (fields: prompt, id)"),
+        (
+            "rows",
+            ["generate", "{tmp}/p.jsonl", "--prompt-field", "question"],
+            "no prompt field 'question' (fields: prompt, id)",
+        ),
         ("bad_json", ["generate", "{tmp}/p.jsonl"], "p.jsonl: line 2: not valid JSON"),
-        ("rows", ["generate", "{tmp}/p.jsonl", "--policies", "{tmp}/pol.yaml"],
-         "pol.yaml: policies[0].title: Field required"),
-        ("rows", ["generate", "{tmp}/p.jsonl", "--config", "{tmp}/c.yaml"],
-         "c.yaml: concurency: unknown key"),
+        (
+            "rows",
+            ["generate", "{tmp}/p.jsonl", "--policies", "{tmp}/pol.yaml"],
+            "pol.yaml: policies[0].title: Field required",
+        ),
+        (
+            "rows",
+            ["generate", "{tmp}/p.jsonl", "--config", "{tmp}/c.yaml"],
+            "c.yaml: concurency: unknown key",
+        ),
         (None, ["policies", "validate", "{tmp}/none.yaml"], "none.yaml: policy file not found"),
         (None, ["export", "{tmp}"], "no sft.jsonl here"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_message(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, setup: str | None, args: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    setup: str | None,
+    args: list[str],
     message: str,
 ) -> None:
-    (tmp_path / "pol.yaml").write_text("name: n\nversion: 1\ndescription: d\npolicies:\n  - id: a\n    description: x\n")
+    (tmp_path / "pol.yaml").write_text(
+        "name: n\nversion: 1\ndescription: d\npolicies:\n  - id: a\n    description: x\n"
+    )
     (tmp_path / "c.yaml").write_text("concurency: 3\n")
     if setup == "rows":
         write_prompts(tmp_path / "p.jsonl", ["a"])
@@ -151,8 +188,18 @@ def test_export_formats_load_as_datasets(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, prompts: Path, to: str
 ) -> None:
     with StubOpenAIServer() as stub:
-        code, _, err = cli(capsys, "generate", str(prompts), "--out", str(tmp_path / "run"),
-                           "--base-url", stub.base_url, "--model", "stub", "--quiet")
+        code, _, err = cli(
+            capsys,
+            "generate",
+            str(prompts),
+            "--out",
+            str(tmp_path / "run"),
+            "--base-url",
+            stub.base_url,
+            "--model",
+            "stub",
+            "--quiet",
+        )
     assert code == 0, err
     target = tmp_path / f"export-{to}"
     code, out, _ = cli(capsys, "export", str(tmp_path / "run"), "--to", to, "--out", str(target))
@@ -174,3 +221,29 @@ def test_example_configs_are_valid(name: str) -> None:
 
     config = load_config(EXAMPLES / name)
     assert config.model_for("refiner").backend == "openai"
+
+
+def test_rendered_diagram_matches_the_graph(capsys: pytest.CaptureFixture[str]) -> None:
+    old = sys.argv
+    sys.argv = ["aidsafe", "graph"]
+    try:
+        main()
+    except SystemExit as exit:
+        assert not exit.code
+    finally:
+        sys.argv = old
+    current = capsys.readouterr().out
+    shipped = (Path(__file__).parent.parent / "graphs" / "aidsafe.mmd").read_text()
+    assert current == shipped, "graph changed: run `aidsafe graph > graphs/aidsafe.mmd`"
+
+
+def test_studio_entry_point_compiles_the_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("AIDSAFE_CONFIG_FILE", str(EXAMPLES / "vllm-serve.yaml"))
+    path = Path(__file__).parent.parent / "graphs" / "aidsafe_graph.py"
+    spec = importlib.util.spec_from_file_location("aidsafe_graph", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(module.graph.get_graph().nodes) >= {"decompose_intents", "deliberate", "refine"}

@@ -47,7 +47,9 @@ def test_precedence_cli_over_file_over_env_over_default(
 
 
 def test_zero_and_false_are_values_not_unset() -> None:
-    config = load_config(None, {"deliberation": {"budget": 0}, "models": {"refiner": {"temperature": 0}}})
+    config = load_config(
+        None, {"deliberation": {"budget": 0}, "models": {"refiner": {"temperature": 0}}}
+    )
     assert config.deliberation.budget == 0
     assert config.roles() == ["decomposer", "drafter", "refiner"]
 
@@ -67,7 +69,7 @@ def test_zero_and_false_are_values_not_unset() -> None:
 def test_bad_config_names_file_and_field(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    with pytest.raises(UserError, match="c.yaml") as caught:
+    with pytest.raises(UserError, match=r"c\.yaml") as caught:
         load_config(path)
     assert message in str(caught.value)
 

@@ -33,7 +33,11 @@ async def test_budget_ends_deliberation_without_agreement() -> None:
     state = await run(models, deliberation={"budget": 3})
     assert [t["turn"] for t in state["turns"]] == [1, 2, 3]
     assert [t["round"] for t in state["turns"]] == [1, 1, 2]
-    assert [t["agent"] for t in state["turns"]] == ["deliberator_1", "deliberator_2", "deliberator_1"]
+    assert [t["agent"] for t in state["turns"]] == [
+        "deliberator_1",
+        "deliberator_2",
+        "deliberator_1",
+    ]
     assert state["agreed"] is False
     assert len(state["thoughts"]) == 2 + 3
 
@@ -62,7 +66,8 @@ async def test_refiner_sees_every_thought_and_its_removals_are_applied() -> None
     assert state["removed"][0]["reason"] == "redundant"
     assert state["removed"][0]["text"] == DRAFT["thoughts"][1]["text"]
     assert [t["text"] for t in state["final_thoughts"]] == [
-        DRAFT["thoughts"][0]["text"], REVISE["thoughts"][0]["text"]
+        DRAFT["thoughts"][0]["text"],
+        REVISE["thoughts"][0]["text"],
     ]
 
 
@@ -107,7 +112,9 @@ async def test_removing_every_thought_is_sent_back() -> None:
 
 
 def test_apply_refinement_ignores_missing_and_repeated_numbers() -> None:
-    thoughts: list[Any] = [{"text": t, "policies": [], "author": "drafter", "turn": 0} for t in "abc"]
+    thoughts: list[Any] = [
+        {"text": t, "policies": [], "author": "drafter", "turn": 0} for t in "abc"
+    ]
     refinement = Refinement.model_validate(
         {
             "removed": [

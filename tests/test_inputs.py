@@ -75,7 +75,7 @@ def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="input file not found"):
         PromptSource(str(tmp_path / "nope.jsonl"))
     (tmp_path / "p.txt").write_text("x")
-    with pytest.raises(UserError, match="unsupported input format .txt"):
+    with pytest.raises(UserError, match=r"unsupported input format \.txt"):
         PromptSource(str(tmp_path / "p.txt"))
 
 
@@ -83,7 +83,9 @@ def test_missing_csv_column_lists_the_columns(tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_text("question,id\nhi,1\n")
     with pytest.raises(UserError, match="no prompt field 'prompt' \\(fields: question, id\\)"):
         PromptSource(str(tmp_path / "p.csv")).check()
-    assert [r.prompt for r in PromptSource(str(tmp_path / "p.csv"), prompt_field="question")] == ["hi"]
+    assert [r.prompt for r in PromptSource(str(tmp_path / "p.csv"), prompt_field="question")] == [
+        "hi"
+    ]
 
 
 def test_explicit_id_field_must_exist(tmp_path: Path) -> None:

@@ -75,5 +75,5 @@ def test_bad_policy_files_name_the_file_and_field(tmp_path: Path, text: str, mes
 
 
 def test_missing_file_lists_shipped_sets(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="not found .*shipped policy sets: default"):
+    with pytest.raises(UserError, match=r"not found .*shipped policy sets: default"):
         load_policies(tmp_path / "missing.yaml")

@@ -26,8 +26,10 @@ def test_policies_come_first_and_the_system_message_is_shared_across_rows() -> N
 
 def test_roles_share_the_policy_prefix() -> None:
     block = load_policies("default").render()
-    systems = [render_messages(block, p, **dict.fromkeys(p.placeholders, "x"))[0].text
-               for p in DEFAULT_PROMPTS.values()]
+    systems = [
+        render_messages(block, p, **dict.fromkeys(p.placeholders, "x"))[0].text
+        for p in DEFAULT_PROMPTS.values()
+    ]
     assert all(text.startswith(block) for text in systems)
 
 

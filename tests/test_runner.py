@@ -14,15 +14,27 @@ from aidsafe.errors import UserError
 from aidsafe.inputs import PromptSource
 from aidsafe.rundir import RunDirectory
 from aidsafe.runner import generate
-from aidsafe.testing import ScriptedChatModel
-from tests.conftest import AGREE, INTENTS, REFINE, REVISE, make_config, read_jsonl, scripted, write_prompts
+from tests.conftest import (
+    AGREE,
+    INTENTS,
+    REFINE,
+    REVISE,
+    make_config,
+    read_jsonl,
+    scripted,
+    write_prompts,
+)
 
 
 async def go(tmp_path: Path, models: dict[str, Any], prompts: Path, **kwargs: Any) -> Any:
     config = kwargs.pop("config", None) or make_config(concurrency=kwargs.pop("concurrency", 1))
     return await generate(
-        PromptSource(str(prompts)), RunDirectory(tmp_path / "run"), config,
-        models=models, show_progress=False, **kwargs,
+        PromptSource(str(prompts)),
+        RunDirectory(tmp_path / "run"),
+        config,
+        models=models,
+        show_progress=False,
+        **kwargs,
     )
 
 
@@ -36,12 +48,22 @@ async def test_run_writes_traces_sft_failures_and_manifest(tmp_path: Path) -> No
     trace = traces[0]
     assert trace["intents"] == INTENTS
     assert len(trace["initial_cot"]) == 2 and trace["deliberation"]["agreed"] is True
-    assert [t["agent"] for t in trace["deliberation"]["turns"]] == ["deliberator_1", "deliberator_2"]
+    assert [t["agent"] for t in trace["deliberation"]["turns"]] == [
+        "deliberator_1",
+        "deliberator_2",
+    ]
     assert trace["removed"][0]["reason"] == "redundant"
-    assert trace["policy_set"]["name"] == "aidsafe-default" and len(trace["policy_set"]["sha256"]) == 64
+    assert (
+        trace["policy_set"]["name"] == "aidsafe-default"
+        and len(trace["policy_set"]["sha256"]) == 64
+    )
     assert trace["models"]["refiner"]["temperature"] == 0.0
     assert {c["role"] for c in trace["calls"]} == {
-        "decomposer", "drafter", "deliberator_1", "deliberator_2", "refiner"
+        "decomposer",
+        "drafter",
+        "deliberator_1",
+        "deliberator_2",
+        "refiner",
     }
     sft = read_jsonl(run / "sft.jsonl")
     assert set(sft[0]) == {"id", "messages", "metadata"}
@@ -59,8 +81,12 @@ async def test_run_writes_traces_sft_failures_and_manifest(tmp_path: Path) -> No
 
 async def test_bad_rows_and_failed_rows_go_to_failures_and_the_run_goes_on(tmp_path: Path) -> None:
     prompts = tmp_path / "p.jsonl"
-    rows = [{"id": "ok", "prompt": "fine"}, {"id": "empty", "prompt": " "},
-            {"id": "ok", "prompt": "same id"}, {"id": "bad", "prompt": "refiner breaks"}]
+    rows = [
+        {"id": "ok", "prompt": "fine"},
+        {"id": "empty", "prompt": " "},
+        {"id": "ok", "prompt": "same id"},
+        {"id": "bad", "prompt": "refiner breaks"},
+    ]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def refiner(messages: list[Any]) -> Any:
@@ -103,7 +129,10 @@ async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(tmp_p
     prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(5)])
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_RUN, str(tmp_path)],
-        cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run = tmp_path / "run"
@@ -112,7 +141,13 @@ async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(tmp_p
     second = scripted()
     summary = await go(tmp_path, second, prompts)
     traces = read_jsonl(run / "traces.jsonl")
-    assert sorted(t["id"] for t in traces) == ["p0", "p1", "p2", "p3", "p4"]  # none lost, none twice
+    assert sorted(t["id"] for t in traces) == [
+        "p0",
+        "p1",
+        "p2",
+        "p3",
+        "p4",
+    ]  # none lost, none twice
     assert [s["id"] for s in read_jsonl(run / "sft.jsonl")] == [t["id"] for t in traces]
     assert read_jsonl(run / "failures.jsonl") == []
     assert summary.skipped == 2 and summary.done_now == 3
@@ -122,9 +157,7 @@ async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(tmp_p
     assert second["deliberator_1"].calls == 2
     assert second["refiner"].calls == 3
     p2 = next(t for t in traces if t["id"] == "p2")
-    assert [c["role"] for c in p2["calls"]] == [
-        "decomposer", "drafter", "deliberator_1", "refiner"
-    ]
+    assert [c["role"] for c in p2["calls"]] == ["decomposer", "drafter", "deliberator_1", "refiner"]
 
 
 async def test_half_written_ledger_line_is_cut_and_the_row_recovered(tmp_path: Path) -> None:
@@ -149,8 +182,14 @@ async def test_changed_config_is_refused_unless_forced(tmp_path: Path) -> None:
     assert summary.archived and (Path(summary.archived) / "traces.jsonl").exists()
     assert len(read_jsonl(tmp_path / "run" / "traces.jsonl")) == 1
     # concurrency is not part of the fingerprint
-    await go(tmp_path, scripted(), prompts, config=make_config(
-        concurrency=8, models={"default": {"retry_wait": 0}, "refiner": {"temperature": 0.5}}))
+    await go(
+        tmp_path,
+        scripted(),
+        prompts,
+        config=make_config(
+            concurrency=8, models={"default": {"retry_wait": 0}, "refiner": {"temperature": 0.5}}
+        ),
+    )
 
 
 async def test_retry_failed_runs_failed_rows_again(tmp_path: Path) -> None:
@@ -159,7 +198,9 @@ async def test_retry_failed_runs_failed_rows_again(tmp_path: Path) -> None:
     await go(tmp_path, broken, prompts, config=make_config(repair_attempts=0))
     assert [f["id"] for f in read_jsonl(tmp_path / "run" / "failures.jsonl")] == ["p1"]
     fixed = scripted()
-    summary = await go(tmp_path, fixed, prompts, config=make_config(repair_attempts=0), retry_failed=True)
+    summary = await go(
+        tmp_path, fixed, prompts, config=make_config(repair_attempts=0), retry_failed=True
+    )
     assert summary.done_now == 1 and fixed["decomposer"].calls == 0  # resumed at the refiner
     assert read_jsonl(tmp_path / "run" / "failures.jsonl") == []
     assert sorted(t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl")) == ["p0", "p1"]

@@ -23,8 +23,14 @@ class Answer(BaseModel):
 
 async def ask(model: ScriptedChatModel, repairs: int = 2, check=None):  # type: ignore[no-untyped-def]
     return await call_structured(
-        model, CONFIG, [HumanMessage("q")], Answer, role="r", stage="s",
-        repair_attempts=repairs, check=check,
+        model,
+        CONFIG,
+        [HumanMessage("q")],
+        Answer,
+        role="r",
+        stage="s",
+        repair_attempts=repairs,
+        check=check,
     )
 
 
@@ -35,7 +41,7 @@ async def test_valid_answer_is_parsed_with_provenance() -> None:
 
 
 async def test_malformed_answer_is_fed_back_and_repaired() -> None:
-    model = ScriptedChatModel(['{"value": "three"}', "```json\n{\"value\": 3}\n```"])
+    model = ScriptedChatModel(['{"value": "three"}', '```json\n{"value": 3}\n```'])
     answer, calls = await ask(model)
     assert answer.value == 3
     assert [c.ok for c in calls] == [False, True]
@@ -61,7 +67,9 @@ async def test_check_objections_are_repaired_like_parse_errors() -> None:
 
 
 async def test_transient_errors_are_retried_then_succeed() -> None:
-    model = ScriptedChatModel([TransientModelError("503"), httpx.ConnectError("reset"), {"value": 1}])
+    model = ScriptedChatModel(
+        [TransientModelError("503"), httpx.ConnectError("reset"), {"value": 1}]
+    )
     answer, calls = await ask(model)
     assert answer.value == 1 and model.calls == 3 and len(calls) == 1
 
@@ -83,10 +91,16 @@ async def test_permanent_errors_are_not_retried() -> None:
 
 def test_transient_classification() -> None:
     request = httpx.Request("POST", "http://x")
-    assert is_transient(openai.RateLimitError("slow", response=httpx.Response(429, request=request), body=None))
-    assert is_transient(openai.InternalServerError("boom", response=httpx.Response(503, request=request), body=None))
+    assert is_transient(
+        openai.RateLimitError("slow", response=httpx.Response(429, request=request), body=None)
+    )
+    assert is_transient(
+        openai.InternalServerError("boom", response=httpx.Response(503, request=request), body=None)
+    )
     assert is_transient(openai.APITimeoutError(request=request))
-    assert not is_transient(openai.AuthenticationError("no", response=httpx.Response(401, request=request), body=None))
+    assert not is_transient(
+        openai.AuthenticationError("no", response=httpx.Response(401, request=request), body=None)
+    )
 
 
 def test_code_fences_are_stripped() -> None:

@@ -48,7 +48,7 @@ def build_chat_model(config: ModelConfig) -> BaseChatModel:
     return ChatOpenAI(
         model=config.model,
         base_url=config.base_url,
-        api_key=api_key(config),  # type: ignore[arg-type]
+        api_key=api_key(config),
         temperature=config.temperature,
         max_completion_tokens=config.max_tokens,
         top_p=config.top_p,

@@ -72,7 +72,9 @@ def json_answer_parser(schema: type[BaseModel], include_raw: bool) -> Runnable[A
 
     def parse(message: AIMessage) -> Any:
         try:
-            parsed: BaseModel | None = schema.model_validate_json(strip_code_fence(raw_text(message)))
+            parsed: BaseModel | None = schema.model_validate_json(
+                strip_code_fence(raw_text(message))
+            )
             error: Exception | None = None
         except ValidationError as exc:
             parsed, error = None, exc
@@ -148,7 +150,7 @@ async def call_structured(
         started = time.perf_counter()
         result = await _invoke_with_backoff(runnable, conversation, config, stage)
         raw: AIMessage | None = result.get("raw")
-        usage = (raw.usage_metadata if raw is not None else None) or {}
+        usage: dict[str, Any] = dict((raw.usage_metadata if raw is not None else None) or {})
         parsed = result.get("parsed")
         error = result.get("parsing_error")
         problems = [] if parsed is None or error is not None else (check(parsed) if check else [])
@@ -186,13 +188,16 @@ async def _invoke_with_backoff(
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(config.max_retries + 1),
-            wait=wait_exponential_jitter(multiplier=config.retry_wait, max=60, jitter=config.retry_wait),
+            wait=wait_exponential_jitter(
+                multiplier=config.retry_wait, max=60, jitter=config.retry_wait
+            ),
             reraise=True,
         ):
             with attempt:
                 return await asyncio.wait_for(runnable.ainvoke(conversation), config.timeout)
     except Exception as error:
         kind = "transient, retries exhausted" if is_transient(error) else "not retryable"
-        detail = f"{type(error).__name__} ({kind}): {str(error).splitlines()[0][:500] if str(error) else ''}"
+        first_line = str(error).splitlines()[0][:500] if str(error) else ""
+        detail = f"{type(error).__name__} ({kind}): {first_line}"
         raise StageFailed(stage, "endpoint_error", detail) from error
     raise AssertionError("unreachable: tenacity either returns or raises")
