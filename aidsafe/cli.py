@@ -44,17 +44,17 @@ def generate(
         str | None, typer.Option(help="Policy YAML file or shipped set name (default: default).")
     ] = None,
     prompt_field: Annotated[
-        str | None, typer.Option(help="Column with the prompt [default: prompt].")
+        str | None, typer.Option(help="Column with the prompt (default: prompt).")
     ] = None,
     id_field: Annotated[
-        str | None, typer.Option(help="Column with the row id [default: id, else a hash].")
+        str | None, typer.Option(help="Column with the row id (default: id, else a content hash).")
     ] = None,
     split: Annotated[
-        str | None, typer.Option(help="Split of a HF dataset [default: train].")
+        str | None, typer.Option(help="Split of a HF dataset (default: train).")
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N rows.")] = None,
     concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Prompts in flight at once [default: 4].")
+        int | None, typer.Option(min=1, help="Prompts in flight at once (default: 4).")
     ] = None,
     backend: Annotated[
         str | None, typer.Option(help="Default model backend: local or openai.")
@@ -64,19 +64,19 @@ def generate(
         str | None, typer.Option(help="OpenAI-compatible endpoint for every role.")
     ] = None,
     api_key_env: Annotated[
-        str | None, typer.Option(help="Env var holding the API key [default: OPENAI_API_KEY].")
+        str | None, typer.Option(help="Env var holding the API key (default: OPENAI_API_KEY).")
     ] = None,
     temperature: Annotated[
         float | None, typer.Option(help="Temperature for every role without its own setting.")
     ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Max tokens per answer.")] = None,
     force: Annotated[
-        bool, typer.Option(help="Config changed: move old outputs aside and start again.")
+        bool, typer.Option("--force", help="Config changed: move old outputs aside, start again.")
     ] = False,
     retry_failed: Annotated[
-        bool, typer.Option(help="Try the rows in failures.jsonl again.")
+        bool, typer.Option("--retry-failed", help="Try the rows in failures.jsonl again.")
     ] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run a recipe over prompts and write traces, SFT rows, failures and a manifest."""
     from aidsafe.config import load_config

@@ -211,3 +211,51 @@ async def test_limit_takes_the_first_rows(tmp_path: Path) -> None:
     summary = await go(tmp_path, scripted(), prompts, limit=2)
     assert summary.total_rows == 2
     assert [t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl")] == ["p0", "p1"]
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path: Path) -> None:
+    import time
+
+    from aidsafe.testing import StubOpenAIServer
+
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(6)])
+    run = tmp_path / "run"
+    with StubOpenAIServer(latency=0.15) as stub:
+        command = [
+            sys.executable,
+            "-m",
+            "aidsafe",
+            "generate",
+            str(prompts),
+            "--out",
+            str(run),
+            "--base-url",
+            stub.base_url,
+            "--model",
+            "stub",
+            "--concurrency",
+            "1",
+            "--quiet",
+        ]
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 60
+        while len(read_jsonl(run / "traces.jsonl")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        assert "run the same command again to continue" in " ".join(err.split())
+        finished = len(read_jsonl(run / "traces.jsonl"))
+        assert 2 <= finished < 6
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["runs"][-1]["interrupted"] is True
+
+        again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        requests = len(stub.requests)
+    traces = read_jsonl(run / "traces.jsonl")
+    assert sorted(t["id"] for t in traces) == [f"p{n}" for n in range(6)]
+    calls_per_row = 4  # decompose, draft, one agreeing deliberator, refine
+    assert requests <= 6 * calls_per_row + 1  # at most the one call in flight is repeated

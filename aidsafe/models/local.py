@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +50,18 @@ class _Engine:
         self.lock = threading.Lock()
 
 
-@lru_cache(maxsize=4)
+_engines: dict[tuple[str, int, int | None], _Engine] = {}
+_engines_lock = threading.Lock()
+
+
 def _engine(path: str, n_ctx: int, n_threads: int | None) -> _Engine:
-    return _Engine(path, n_ctx, n_threads)
+    # One load at a time: llama.cpp silences output by swapping the process's stdout/stderr
+    # while it loads, and two loads at once would leave them pointing at /dev/null.
+    with _engines_lock:
+        key = (path, n_ctx, n_threads)
+        if key not in _engines:
+            _engines[key] = _Engine(path, n_ctx, n_threads)
+        return _engines[key]
 
 
 _ROLE_NAMES = {"human": "user", "ai": "assistant", "system": "system"}
