@@ -21,6 +21,10 @@ class Answer(BaseModel):
     value: int
 
 
+class Text(BaseModel):
+    text: str
+
+
 async def ask(model: ScriptedChatModel, repairs: int = 2, check=None):  # type: ignore[no-untyped-def]
     return await call_structured(
         model,
@@ -101,6 +105,19 @@ def test_transient_classification() -> None:
     assert not is_transient(
         openai.AuthenticationError("no", response=httpx.Response(401, request=request), body=None)
     )
+
+
+async def test_raw_newlines_inside_strings_are_accepted() -> None:
+    answer, _ = await call_structured(
+        ScriptedChatModel(['{"text": "line one\nline two"}']),
+        CONFIG,
+        [HumanMessage("q")],
+        Text,
+        role="r",
+        stage="s",
+        repair_attempts=0,
+    )
+    assert answer.text == "line one\nline two"
 
 
 def test_code_fences_are_stripped() -> None:

@@ -72,10 +72,12 @@ def json_answer_parser(schema: type[BaseModel], include_raw: bool) -> Runnable[A
 
     def parse(message: AIMessage) -> Any:
         try:
-            parsed: BaseModel | None = schema.model_validate_json(
-                strip_code_fence(raw_text(message))
-            )
+            # strict=False admits raw newlines inside strings, which small models often write.
+            data = json.loads(strip_code_fence(raw_text(message)), strict=False)
+            parsed: BaseModel | None = schema.model_validate(data)
             error: Exception | None = None
+        except json.JSONDecodeError as exc:
+            parsed, error = None, ValueError(f"not valid JSON: {exc}")
         except ValidationError as exc:
             parsed, error = None, exc
         if include_raw:
