@@ -74,8 +74,11 @@ DEFAULT_PROMPTS: dict[str, RolePrompt] = {
 }
 
 
-def _fields(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+def _placeholders(where: str, template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as error:
+        raise UserError(f"{where}: {error}") from error
 
 
 def _text_or_file(value: str) -> str:
@@ -94,10 +97,7 @@ def load_prompts(overrides: Mapping[str, PromptTemplate]) -> dict[str, RolePromp
         task = base.task
         if override.instructions is not None:
             instructions = _text_or_file(override.instructions)
-            try:
-                found = _fields(instructions)
-            except ValueError as error:
-                raise UserError(f"prompts.{role}.instructions: {error}") from error
+            found = _placeholders(f"prompts.{role}.instructions", instructions)
             if found:
                 raise UserError(
                     f"prompts.{role}.instructions: must be static text (it is shared across "
@@ -105,10 +105,7 @@ def load_prompts(overrides: Mapping[str, PromptTemplate]) -> dict[str, RolePromp
                 )
         if override.task is not None:
             task = _text_or_file(override.task)
-            try:
-                found = _fields(task)
-            except ValueError as error:
-                raise UserError(f"prompts.{role}.task: {error}") from error
+            found = _placeholders(f"prompts.{role}.task", task)
             unknown = found - base.placeholders
             if unknown:
                 raise UserError(
