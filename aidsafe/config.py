@@ -20,10 +20,14 @@ StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode
 
 # Roles whose model can be configured. `deliberator` configures every deliberation agent;
 # `deliberator_N` (N from 1) configures agent N only.
-FIXED_ROLES = ("decomposer", "drafter", "refiner")
+AIDSAFE_ROLES = ("decomposer", "drafter", "refiner")
+# Belief augmentation (DPO): the ear-whisperer, the belief-conditioned generator, the judge.
+BELIEF_ROLES = ("judge", "whisperer", "generator")
+FIXED_ROLES = (*AIDSAFE_ROLES, *BELIEF_ROLES)
 _DELIBERATOR_ROLE = re.compile(r"^deliberator(_[1-9][0-9]*)?$")
 # Temperatures from RECIPES.md, used when no layer of the config sets one.
 ROLE_TEMPERATURE = {"decomposer": 0.7, "drafter": 0.7, "deliberator": 0.7, "refiner": 0.0}
+ROLE_TEMPERATURE |= {"whisperer": 0.9, "generator": 0.7, "judge": 0.0}
 
 
 class ModelConfig(BaseModel):
@@ -93,6 +97,14 @@ class DeliberationConfig(BaseModel):
     )
 
 
+class BeliefConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tries: int = Field(
+        3, ge=1, description="Beliefs the whisperer may try per prompt before giving up."
+    )
+
+
 class InputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -120,7 +132,11 @@ class RunConfig(BaseSettings):
         env_prefix="AIDSAFE_", env_nested_delimiter="__", extra="forbid"
     )
 
-    recipe: Literal["aidsafe"] = Field("aidsafe", description="Which recipe's graph runs.")
+    recipe: Literal["aidsafe", "aidsafe-dpo"] = Field(
+        "aidsafe",
+        description="`aidsafe`: SFT data. `aidsafe-dpo`: the same, then DPO pairs by belief "
+        "augmentation.",
+    )
     policies: str = Field(
         "default", description="Policy YAML path, or the name of a shipped set (`default`)."
     )
@@ -130,6 +146,7 @@ class RunConfig(BaseSettings):
         "`deliberator_N`, `refiner`. Unset fields inherit from `default`.",
     )
     deliberation: DeliberationConfig = Field(default_factory=DeliberationConfig)
+    belief: BeliefConfig = Field(default_factory=BeliefConfig)
     input: InputConfig = Field(default_factory=InputConfig)
     prompts: dict[str, PromptTemplate] = Field(
         default_factory=dict, description="Prompt overrides per role (see README)."
@@ -160,8 +177,21 @@ class RunConfig(BaseSettings):
                 )
         return prompts
 
+    def belief_fingerprint_data(self) -> dict[str, Any]:
+        """The settings that change the DPO pairs made from finished AIDSAFE rows."""
+        return {
+            "models": {role: self.model_for(role).provenance() for role in BELIEF_ROLES},
+            "belief": self.belief.model_dump(),
+            "prompts": {
+                role: t.model_dump()
+                for role, t in sorted(self.prompts.items())
+                if role in BELIEF_ROLES
+            },
+            "repair_attempts": self.repair_attempts,
+        }
+
     def roles(self) -> list[str]:
-        """Every model role the recipe calls, in pipeline order."""
+        """Every model role the AIDSAFE graph calls, in pipeline order."""
         agents = [f"deliberator_{n}" for n in range(1, self.deliberation.agents + 1)]
         if self.deliberation.budget == 0:
             agents = []
@@ -185,11 +215,15 @@ class RunConfig(BaseSettings):
     def fingerprint_data(self) -> dict[str, Any]:
         """The settings that change what a run writes. Concurrency, timeouts and retries do not."""
         return {
-            "recipe": self.recipe,
+            "recipe": "aidsafe",  # `aidsafe-dpo` makes the same rows, then pairs them
             "models": {role: self.model_for(role).provenance() for role in self.roles()},
             "deliberation": self.deliberation.model_dump(),
             "input": self.input.model_dump(),
-            "prompts": {role: t.model_dump() for role, t in sorted(self.prompts.items())},
+            "prompts": {
+                role: t.model_dump()
+                for role, t in sorted(self.prompts.items())
+                if role not in BELIEF_ROLES
+            },
             "repair_attempts": self.repair_attempts,
         }
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
+from pydantic import BaseModel
 
-from aidsafe.config import DeliberationConfig, ModelConfig, RunConfig
+from aidsafe.config import BeliefConfig, DeliberationConfig, ModelConfig, RunConfig
 from aidsafe.models import build_chat_model
+from aidsafe.models.structured import call_structured
 from aidsafe.policies import PolicySet, load_policies
-from aidsafe.prompts import RolePrompt, load_prompts
+from aidsafe.prompts import RolePrompt, load_prompts, render_messages
 from aidsafe.schemas import RecipeSchemas, schemas_for
+
+T = TypeVar("T", bound=BaseModel)
 
 
 @dataclass
@@ -23,17 +28,43 @@ class RecipeContext:
     model_configs: dict[str, ModelConfig]
     models: dict[str, BaseChatModel]
     deliberation: DeliberationConfig
+    belief: BeliefConfig
     repair_attempts: int
+
+    async def ask(
+        self,
+        role: str,
+        stage: str,
+        schema: type[T],
+        check: Callable[[T], list[str]] | None = None,
+        **values: Any,
+    ) -> tuple[T, list[dict[str, Any]]]:
+        """One structured call of `role`: render its prompt, call, validate, repair."""
+        prompt = self.prompts[role.split("_")[0]]
+        messages = render_messages(self.policy_block, prompt, **values)
+        answer, records = await call_structured(
+            self.models[role],
+            self.model_configs[role],
+            messages,
+            schema,
+            role=role,
+            stage=stage,
+            repair_attempts=self.repair_attempts,
+            check=check,
+        )
+        return answer, [record.as_dict() for record in records]
 
 
 def build_context(
     config: RunConfig,
     policies: PolicySet | None = None,
     models: Mapping[str, BaseChatModel] | None = None,
+    roles: Sequence[str] | None = None,
 ) -> RecipeContext:
-    """`models` replaces the configured chat models (tests pass scripted fakes here)."""
+    """Models for `roles` (default: the AIDSAFE graph's). `models` replaces the configured
+    chat models (tests pass scripted fakes here)."""
     policies = policies or load_policies(config.policies)
-    roles = config.roles()
+    roles = list(roles) if roles is not None else config.roles()
     model_configs = {role: config.model_for(role) for role in roles}
     if models is None:
         for role, model_config in model_configs.items():
@@ -61,5 +92,6 @@ def build_context(
         model_configs=model_configs,
         models=built,
         deliberation=config.deliberation,
+        belief=config.belief,
         repair_attempts=config.repair_attempts,
     )

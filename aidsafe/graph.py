@@ -13,8 +13,7 @@ from pydantic import BaseModel
 
 from aidsafe.config import RunConfig
 from aidsafe.context import RecipeContext, build_context
-from aidsafe.models.structured import call_structured
-from aidsafe.prompts import format_intents, format_thoughts, render_messages
+from aidsafe.prompts import format_intents, format_thoughts
 from aidsafe.schemas import Intents, Refinement
 from aidsafe.state import AidsafeState, ThoughtRecord, TurnRecord
 
@@ -71,31 +70,14 @@ def build_graph(ctx: RecipeContext) -> StateGraph:
     agents = ctx.deliberation.agents
     budget = ctx.deliberation.budget
 
-    async def ask(
-        role: str, stage: str, schema: type[T], check: Any = None, **values: Any
-    ) -> tuple[T, list[dict[str, Any]]]:
-        prompt = ctx.prompts[role.split("_")[0]]
-        messages = render_messages(ctx.policy_block, prompt, **values)
-        answer, records = await call_structured(
-            ctx.models[role],
-            ctx.model_configs[role],
-            messages,
-            schema,
-            role=role,
-            stage=stage,
-            repair_attempts=ctx.repair_attempts,
-            check=check,
-        )
-        return answer, [record.as_dict() for record in records]
-
     async def decompose_intents(state: AidsafeState) -> dict[str, Any]:
-        intents, calls = await ask(
+        intents, calls = await ctx.ask(
             "decomposer", "decompose_intents", Intents, query=state["prompt"]
         )
         return {"intents": intents.model_dump(), "calls": calls}
 
     async def draft(state: AidsafeState) -> dict[str, Any]:
-        cot, calls = await ask(
+        cot, calls = await ctx.ask(
             "drafter",
             "draft",
             ctx.schemas.initial_cot,
@@ -119,7 +101,7 @@ def build_graph(ctx: RecipeContext) -> StateGraph:
         turn = len(turns) + 1
         agent = (turn - 1) % agents + 1
         role = f"deliberator_{agent}"
-        verdict, calls = await ask(
+        verdict, calls = await ctx.ask(
             role,
             "deliberate",
             ctx.schemas.deliberation_turn,
@@ -160,7 +142,7 @@ def build_graph(ctx: RecipeContext) -> StateGraph:
             kept, _, _ = apply_refinement(thoughts, refinement)
             return [] if kept else ["you removed every thought; keep the ones that are sound"]
 
-        refinement, calls = await ask(
+        refinement, calls = await ctx.ask(
             "refiner",
             "refine",
             Refinement,

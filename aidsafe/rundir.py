@@ -20,7 +20,10 @@ SFT = "sft.jsonl"
 FAILURES = "failures.jsonl"
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints.sqlite"
-LEDGER_FILES = (TRACES, SFT, FAILURES, MANIFEST, CHECKPOINTS)
+DPO = "dpo.jsonl"
+DPO_FAILURES = "dpo_failures.jsonl"
+DPO_FILES = (DPO, DPO_FAILURES)
+LEDGER_FILES = (TRACES, SFT, FAILURES, *DPO_FILES, MANIFEST, CHECKPOINTS)
 
 
 def now() -> str:
@@ -121,15 +124,33 @@ class RunDirectory:
             if not force:
                 raise UserError(f"{self.root}: has run files but no manifest; use --force")
             archived = self._archive()
-        for name in (TRACES, SFT, FAILURES):
+        for name in (TRACES, SFT, FAILURES, *DPO_FILES):
             truncate_partial_line(self.path(name))
         self._reconcile_sft()
         return archived
 
-    def _archive(self) -> str:
+    def prepare_pairs(self, fingerprint: str, force: bool) -> str | None:
+        """Open the DPO ledger; a changed DPO config is refused unless `force`, which moves
+        only the DPO outputs aside. Returns where they went."""
+        manifest = self.manifest() or {}
+        previous = manifest.get("dpo", {}).get("fingerprint")
+        archived = None
+        if previous is not None and previous != fingerprint:
+            if not force:
+                raise UserError(
+                    f"{self.root} holds DPO pairs made with a different belief configuration "
+                    "(models of judge, whisperer or generator, tries, prompts); use --force to "
+                    "move them into a subfolder and pair again"
+                )
+            archived = self._archive(DPO_FILES)
+        for name in DPO_FILES:
+            truncate_partial_line(self.path(name))
+        return archived
+
+    def _archive(self, names: tuple[str, ...] = LEDGER_FILES) -> str:
         target = self.root / f"replaced-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
         target.mkdir()
-        for name in LEDGER_FILES:
+        for name in names:
             if self.path(name).exists():
                 shutil.move(str(self.path(name)), target / name)
         return str(target)
@@ -157,13 +178,16 @@ class RunDirectory:
                 state.failed.add(row["id"])
         return state
 
-    def drop_failures(self, keep: Callable[[dict[str, Any]], bool]) -> int:
-        """Rewrite failures.jsonl keeping only rows `keep` accepts (for --retry-failed)."""
-        rows = list(read_jsonl(self.path(FAILURES)))
+    def ids(self, name: str) -> set[str]:
+        return {row["id"] for row in read_jsonl(self.path(name))}
+
+    def drop_failures(self, keep: Callable[[dict[str, Any]], bool], name: str = FAILURES) -> int:
+        """Rewrite a failures file keeping only rows `keep` accepts (for --retry-failed)."""
+        rows = list(read_jsonl(self.path(name)))
         kept = [row for row in rows if keep(row)]
         if len(kept) != len(rows):
             write_atomic(
-                self.path(FAILURES),
+                self.path(name),
                 "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept),
             )
         return len(rows) - len(kept)
@@ -181,8 +205,11 @@ class RunDirectory:
         self._append(TRACES, trace)
         self._append(SFT, sft)
 
-    def record_failure(self, failure: dict[str, Any]) -> None:
-        self._append(FAILURES, failure)
+    def record_failure(self, failure: dict[str, Any], name: str = FAILURES) -> None:
+        self._append(name, failure)
+
+    def record_pair(self, row: dict[str, Any]) -> None:
+        self._append(DPO, row)
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -191,8 +218,9 @@ class RunDirectory:
 
     # --- summaries -----------------------------------------------------------------------------
 
-    def totals(self) -> dict[str, Any]:
-        """Counts and token totals over the whole directory, resumed runs included."""
+    def totals(self, done_file: str = TRACES, failures_file: str = FAILURES) -> dict[str, Any]:
+        """Counts and token totals of one ledger over the whole directory, resumed runs
+        included."""
         tokens: dict[str, dict[str, int]] = {}
         reasons: Counter[str] = Counter()
         done = 0
@@ -204,10 +232,10 @@ class RunDirectory:
                 entry["input"] += call.get("input_tokens", 0)
                 entry["output"] += call.get("output_tokens", 0)
 
-        for trace in read_jsonl(self.path(TRACES)):
+        for row in read_jsonl(self.path(done_file)):
             done += 1
-            add_calls(trace.get("calls", []))
-        for failure in read_jsonl(self.path(FAILURES)):
+            add_calls(row.get("calls") or row.get("metadata", {}).get("calls", []))
+        for failure in read_jsonl(self.path(failures_file)):
             reasons[failure["reason"]] += 1
             add_calls(failure.get("calls", []))
         return {

@@ -8,9 +8,9 @@ import importlib.metadata
 import platform
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -18,15 +18,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aidsafe import __version__
-from aidsafe.config import RunConfig, fingerprint
-from aidsafe.context import RecipeContext, build_context
-from aidsafe.errors import StageFailed
+from aidsafe.belief import belief_input, compile_belief_graph, pair_outcome
+from aidsafe.config import BELIEF_ROLES, RunConfig, fingerprint
+from aidsafe.context import build_context
+from aidsafe.errors import StageFailed, UserError
 from aidsafe.export import sft_row
 from aidsafe.graph import compile_graph, trace_record
 from aidsafe.inputs import PromptRow, PromptSource
 from aidsafe.models import preflight
 from aidsafe.policies import load_policies
-from aidsafe.rundir import RunDirectory, now
+from aidsafe.rundir import DPO, DPO_FAILURES, TRACES, RunDirectory, now, read_jsonl
+
+T = TypeVar("T")
 
 PACKAGES = (
     *("langgraph", "langchain-core", "langchain-openai", "pydantic", "datasets"),
@@ -45,6 +48,19 @@ def package_versions() -> dict[str, str | None]:
 
 
 @dataclass
+class PairSummary:
+    out: str
+    pairs_now: int = 0
+    rejected_now: int = 0
+    skipped: int = 0
+    mean_tries: float = 0.0
+    wall_s: float = 0.0
+    interrupted: bool = False
+    archived: str | None = None
+    totals: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class RunSummary:
     out: str
     total_rows: int
@@ -55,21 +71,24 @@ class RunSummary:
     interrupted: bool = False
     archived: str | None = None
     totals: dict[str, Any] = field(default_factory=dict)
+    pairs: PairSummary | None = None
 
 
 class _Progress:
     """Counts rows and tokens for the display and the summary."""
 
-    def __init__(self, progress: Progress | None, total: int, already: int) -> None:
+    def __init__(self, progress: Progress | None, description: str, total: int) -> None:
         self.progress = progress
         self.done = 0
         self.failed = 0
+        self.skipped = 0
         self.tokens = 0
-        self.task = (
-            progress.add_task("generating", total=total, completed=already, status="")
-            if progress
-            else None
-        )
+        self.task = progress.add_task(description, total=total, status="") if progress else None
+
+    def skip(self) -> None:
+        self.skipped += 1
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
 
     def advance(self, ok: bool, tokens: int) -> None:
         if ok:
@@ -78,24 +97,45 @@ class _Progress:
             self.failed += 1
         self.tokens += tokens
         if self.progress is not None and self.task is not None:
-            status = f"done {self.done}  failed {self.failed}  tokens {self.tokens:,}"
+            status = f"ok {self.done}  failed {self.failed}  tokens {self.tokens:,}"
             self.progress.update(self.task, advance=1, status=status)
 
 
 def failure_record(
-    row: PromptRow, stage: str, reason: str, detail: str, raw: str | None, calls: list[Any]
+    row_id: str,
+    index: int | None,
+    prompt: str | None,
+    stage: str,
+    reason: str,
+    detail: str | None,
+    raw: str | None = None,
+    calls: list[Any] | None = None,
 ) -> dict[str, Any]:
     return {
-        "id": row.id,
-        "index": row.index,
-        "prompt": row.prompt,
+        "id": row_id,
+        "index": index,
+        "prompt": prompt,
         "stage": stage,
         "reason": reason,
-        "detail": detail,
+        "detail": detail or "",
         "raw_output": raw,
-        "calls": calls,
+        "calls": calls or [],
         "failed_at": now(),
     }
+
+
+def _progress_display(console: Console, show: bool) -> Progress | None:
+    if not show:
+        return None
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 async def generate(
@@ -110,11 +150,14 @@ async def generate(
     console: Console | None = None,
     show_progress: bool = True,
 ) -> RunSummary:
-    """Run (or resume) the configured recipe. `models` replaces configured models (tests)."""
+    """Run (or resume) the configured recipe. `models` replaces configured models (tests).
+    Recipe `aidsafe-dpo` then pairs the finished rows (see `make_pairs`)."""
     policies = load_policies(config.policies)
     ctx = build_context(config, policies, models)
     if models is None:
         preflight(ctx.model_configs)
+        if config.recipe == "aidsafe-dpo":
+            preflight({role: config.model_for(role) for role in BELIEF_ROLES})
     total = source.check()
     if limit is not None:
         total = min(total, limit)
@@ -149,30 +192,39 @@ async def generate(
     run.write_manifest(manifest)
 
     console = console or Console(stderr=True)
-    progress = (
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        if show_progress
-        else None
-    )
+    progress = _progress_display(console, show_progress)
     started = time.perf_counter()
     try:
         async with AsyncSqliteSaver.from_conn_string(str(run.checkpoint_path)) as saver:
             graph = compile_graph(ctx, saver)
             if progress is not None:
                 progress.start()
-            counter = _Progress(progress, total, 0)
-            summary.skipped = await _drive(
-                source, limit, ledger, config.concurrency, run, ctx, graph, saver, counter
-            )
+            counter = _Progress(progress, "generating", total)
+            recursion_limit = 10 + 2 * ctx.deliberation.budget
+
+            async def process(row: PromptRow) -> tuple[bool, int]:
+                if row.prompt is None:
+                    failure = failure_record(
+                        row.id, row.index, row.prompt, "input", "invalid_prompt", row.problem
+                    )
+                    run.record_failure(failure)
+                    return False, 0
+                payload = {"id": row.id, "prompt": row.prompt}
+                result = await _run_thread(graph, saver, row.id, payload, recursion_limit)
+                if result.failure is not None:
+                    run.record_failure(result.failure_record(row.index, row.prompt))
+                    return False, result.new_tokens
+                trace = trace_record(result.state, ctx)
+                run.record_success(trace, sft_row(trace))
+                await saver.adelete_thread(row.id)
+                return True, result.new_tokens
+
+            rows = _rows_to_do(source, limit, ledger, run, counter)
+            await _drive(rows, config.concurrency, process, counter)
+            summary.skipped = counter.skipped
             summary.done_now, summary.failed_now = counter.done, counter.failed
+            if progress is not None:
+                progress.stop()
     except (asyncio.CancelledError, KeyboardInterrupt):
         summary.interrupted = True
         raise
@@ -197,107 +249,256 @@ async def generate(
         manifest["tokens_by_role"] = summary.totals["tokens_by_role"]
         manifest["updated"] = now()
         run.write_manifest(manifest)
+    if config.recipe == "aidsafe-dpo":
+        summary.pairs = await make_pairs(
+            run,
+            config,
+            force=force,
+            retry_failed=retry_failed,
+            models=models,
+            console=console,
+            show_progress=show_progress,
+        )
     return summary
 
 
-async def _drive(
-    source: PromptSource,
-    limit: int | None,
-    ledger: Any,
-    concurrency: int,
+async def make_pairs(
     run: RunDirectory,
-    ctx: RecipeContext,
-    graph: Any,
-    saver: AsyncSqliteSaver,
-    counter: _Progress,
-) -> int:
-    """Feed rows to `concurrency` workers through a bounded queue, so input is streamed."""
-    queue: asyncio.Queue[PromptRow | None] = asyncio.Queue(maxsize=concurrency * 2)
-    seen: set[str] = set()
-    skipped = 0
+    config: RunConfig,
+    *,
+    limit: int | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    models: Mapping[str, BaseChatModel] | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> PairSummary:
+    """Belief augmentation over the finished AIDSAFE rows of `run`: each becomes a DPO pair in
+    dpo.jsonl or a record in dpo_failures.jsonl. Resumable like `generate`."""
+    manifest = run.manifest()
+    if manifest is None or not run.path(TRACES).exists():
+        raise UserError(f"{run.root}: no finished AIDSAFE run here (no manifest or traces.jsonl)")
+    policies = load_policies(config.policies)
+    made_with = manifest.get("policy_set", {})
+    if made_with.get("sha256") != policies.sha256:
+        raise UserError(
+            f"{run.root} was made with policy set {made_with.get('name')!r} "
+            f"({made_with.get('path')}); pair it with the same policies (--policies)"
+        )
+    ctx = build_context(config, policies, models, roles=BELIEF_ROLES)
+    if models is None:
+        preflight(ctx.model_configs)
+    settings = {**config.belief_fingerprint_data(), "policy_sha256": policies.sha256}
+    digest = fingerprint(settings)
+    summary = PairSummary(out=str(run.root))
+    summary.archived = run.prepare_pairs(digest, force)
+    if retry_failed:
+        run.drop_failures(lambda row: False, DPO_FAILURES)
+    finished = run.ids(DPO) | run.ids(DPO_FAILURES)
+    section: dict[str, Any] = manifest.get("dpo") or {"runs": []}
+    section.update({"fingerprint": digest, "config": settings})
+    this_run: dict[str, Any] = {"started": now(), "concurrency": config.concurrency}
+    section["runs"].append(this_run)
+    manifest["dpo"] = section
+    run.write_manifest(manifest)
 
-    def skip() -> None:
-        nonlocal skipped
-        skipped += 1
-        if counter.progress is not None and counter.task is not None:
-            counter.progress.advance(counter.task)
+    console = console or Console(stderr=True)
+    progress = _progress_display(console, show_progress)
+    total = sum(1 for _ in read_jsonl(run.path(TRACES)))
+    if limit is not None:
+        total = min(total, limit)
+    started = time.perf_counter()
+    try:
+        async with AsyncSqliteSaver.from_conn_string(str(run.checkpoint_path)) as saver:
+            graph = compile_belief_graph(ctx, saver)
+            if progress is not None:
+                progress.start()
+            counter = _Progress(progress, "pairing", total)
+            recursion_limit = 10 + 4 * ctx.belief.tries
+
+            async def process(trace: dict[str, Any]) -> tuple[bool, int]:
+                thread_id = f"dpo:{trace['id']}"
+                payload = dict(belief_input(trace))
+                result = await _run_thread(graph, saver, thread_id, payload, recursion_limit)
+                if result.failure is not None:
+                    failure = result.failure_record(None, trace["prompt"], trace["id"])
+                    run.record_failure(failure, DPO_FAILURES)
+                    return False, result.new_tokens
+                row, rejection = pair_outcome(result.state, ctx)
+                if row is not None:
+                    run.record_pair(row)
+                else:
+                    assert rejection is not None
+                    reason, detail = rejection
+                    failure = failure_record(
+                        trace["id"],
+                        None,
+                        trace["prompt"],
+                        "pair",
+                        reason,
+                        detail,
+                        calls=result.state.get("calls", []),
+                    )
+                    failure["tries"] = result.state.get("tries", [])
+                    failure["chosen_verdict"] = result.state.get("chosen_verdict")
+                    run.record_failure(failure, DPO_FAILURES)
+                await saver.adelete_thread(thread_id)
+                return row is not None, result.new_tokens
+
+            def traces_to_do() -> Iterator[dict[str, Any]]:
+                for index, trace in enumerate(read_jsonl(run.path(TRACES))):
+                    if limit is not None and index >= limit:
+                        return
+                    if trace["id"] in finished:
+                        counter.skip()
+                        continue
+                    yield trace
+
+            await _drive(traces_to_do(), config.concurrency, process, counter)
+            summary.skipped = counter.skipped
+            summary.pairs_now, summary.rejected_now = counter.done, counter.failed
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        summary.interrupted = True
+        raise
+    finally:
+        if progress is not None:
+            progress.stop()
+        run.close()
+        summary.wall_s = round(time.perf_counter() - started, 2)
+        totals = run.totals(DPO, DPO_FAILURES)
+        summary.totals = totals
+        tries = [row["metadata"]["belief_tries"] for row in read_jsonl(run.path(DPO))]
+        tries += [len(row.get("tries", [])) for row in read_jsonl(run.path(DPO_FAILURES))]
+        summary.mean_tries = round(sum(tries) / len(tries), 2) if tries else 0.0
+        this_run.update(
+            {
+                "finished": now(),
+                "wall_s": summary.wall_s,
+                "pairs": summary.pairs_now,
+                "rejected": summary.rejected_now,
+                "interrupted": summary.interrupted,
+            }
+        )
+        section["counts"] = {
+            "pairs": totals["done"],
+            "rejected": totals["failed"],
+            "rejected_by_reason": totals["failed_by_reason"],
+            "mean_belief_tries": summary.mean_tries,
+        }
+        section["tokens_by_role"] = totals["tokens_by_role"]
+        manifest["updated"] = now()
+        run.write_manifest(manifest)
+    return summary
+
+
+@dataclass
+class ThreadResult:
+    """How one graph thread ended: a final state, or a failure with every call it made."""
+
+    thread_id: str
+    state: dict[str, Any] = field(default_factory=dict)
+    failure: StageFailed | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    new_tokens: int = 0  # spent by this process (not by an earlier, interrupted one)
+
+    def failure_record(
+        self, index: int | None, prompt: str | None, row_id: str | None = None
+    ) -> dict[str, Any]:
+        assert self.failure is not None
+        failure = self.failure
+        return failure_record(
+            row_id or self.thread_id,
+            index,
+            prompt,
+            failure.stage,
+            failure.reason,
+            failure.detail,
+            failure.raw,
+            self.calls,
+        )
+
+
+async def _run_thread(
+    graph: Any, saver: AsyncSqliteSaver, thread_id: str, payload: dict[str, Any], limit: int
+) -> ThreadResult:
+    """Run (or continue from its checkpoint) one thread of a graph to its end."""
+    thread = {"configurable": {"thread_id": thread_id}, "recursion_limit": limit}
+    snapshot = await graph.aget_state(thread)
+    calls_before = len(snapshot.values.get("calls", [])) if snapshot.values else 0
+    result = ThreadResult(thread_id)
+    if snapshot.values and not snapshot.next:
+        result.state = dict(snapshot.values)  # finished before a crash, not yet in the ledger
+        return result
+    try:
+        result.state = dict(
+            await graph.ainvoke(None if snapshot.next else payload, thread, durability="sync")
+        )
+        result.calls = result.state.get("calls", [])
+    except StageFailed as failure:
+        state = (await graph.aget_state(thread)).values or {}
+        result.failure = failure
+        result.calls = [
+            *state.get("calls", []),
+            *(c.as_dict() for c in getattr(failure, "calls", [])),
+        ]
+    except Exception as error:  # a bug or an unexpected library error: keep the run going
+        detail = "".join(traceback.format_exception_only(error)).strip()
+        last = traceback.extract_tb(error.__traceback__)[-1:]
+        where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
+        result.failure = StageFailed("unknown", "internal_error", detail + where)
+    result.new_tokens = _tokens(result.calls[calls_before:])
+    return result
+
+
+def _rows_to_do(
+    source: PromptSource, limit: int | None, ledger: Any, run: RunDirectory, counter: _Progress
+) -> Iterator[PromptRow]:
+    """Input rows not yet done or failed; repeated ids are recorded as duplicate_id once."""
+    seen: set[str] = set()
+    for row in source:
+        if limit is not None and row.index >= limit:
+            return
+        if row.id in seen:
+            if row.index in ledger.duplicates:
+                counter.skip()
+            else:
+                detail = f"row {row.index}: id {row.id!r} already used by an earlier row"
+                run.record_failure(
+                    failure_record(row.id, row.index, row.prompt, "input", "duplicate_id", detail)
+                )
+                counter.advance(False, 0)
+            continue
+        seen.add(row.id)
+        if ledger.finished(row.id):
+            counter.skip()
+            continue
+        yield row
+
+
+async def _drive(
+    items: Iterator[T],
+    concurrency: int,
+    process: Callable[[T], Awaitable[tuple[bool, int]]],
+    counter: _Progress,
+) -> None:
+    """Feed items to `concurrency` workers through a bounded queue, so input is streamed."""
+    queue: asyncio.Queue[tuple[T] | None] = asyncio.Queue(maxsize=concurrency * 2)
 
     async def worker() -> None:
-        while (row := await queue.get()) is not None:
-            ok, tokens = await _process(row, run, ctx, graph, saver)
+        while (item := await queue.get()) is not None:
+            ok, tokens = await process(item[0])
             counter.advance(ok, tokens)
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     try:
-        for row in source:
-            if limit is not None and row.index >= limit:
-                break
-            if row.id in seen:
-                if row.index in ledger.duplicates:
-                    skip()
-                else:
-                    detail = f"row {row.index}: id {row.id!r} already used by an earlier row"
-                    run.record_failure(
-                        failure_record(row, "input", "duplicate_id", detail, None, [])
-                    )
-                    counter.advance(False, 0)
-                continue
-            seen.add(row.id)
-            if ledger.finished(row.id):
-                skip()
-                continue
-            await queue.put(row)
+        for item in items:
+            await queue.put((item,))
         for _ in workers:
             await queue.put(None)
         await asyncio.gather(*workers)
     finally:
         for task in workers:
             task.cancel()
-    return skipped
-
-
-async def _process(
-    row: PromptRow, run: RunDirectory, ctx: RecipeContext, graph: Any, saver: AsyncSqliteSaver
-) -> tuple[bool, int]:
-    """Run one row to the ledger. Returns (succeeded, tokens spent now)."""
-    if row.prompt is None:
-        run.record_failure(
-            failure_record(row, "input", "invalid_prompt", row.problem or "", None, [])
-        )
-        return False, 0
-    thread = {
-        "configurable": {"thread_id": row.id},
-        "recursion_limit": 10 + 2 * ctx.deliberation.budget,
-    }
-    snapshot = await graph.aget_state(thread)
-    calls_before = len(snapshot.values.get("calls", [])) if snapshot.values else 0
-    if snapshot.values and not snapshot.next:
-        final = snapshot.values  # finished before a crash, but not yet in the ledger
-    else:
-        payload = None if snapshot.next else {"id": row.id, "prompt": row.prompt}
-        try:
-            final = await graph.ainvoke(payload, thread, durability="sync")
-        except StageFailed as failure:
-            state = (await graph.aget_state(thread)).values or {}
-            calls = [*state.get("calls", []), *(c.as_dict() for c in getattr(failure, "calls", []))]
-            run.record_failure(
-                failure_record(
-                    row, failure.stage, failure.reason, failure.detail, failure.raw, calls
-                )
-            )
-            return False, _tokens(calls[calls_before:])
-        except Exception as error:  # a bug or an unexpected library error: keep the run going
-            detail = "".join(traceback.format_exception_only(error)).strip()
-            last = traceback.extract_tb(error.__traceback__)[-1:]
-            where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
-            run.record_failure(
-                failure_record(row, "unknown", "internal_error", detail + where, None, [])
-            )
-            return False, 0
-    trace = trace_record(final, ctx)
-    run.record_success(trace, sft_row(trace))
-    await saver.adelete_thread(row.id)
-    return True, _tokens(final.get("calls", [])[calls_before:])
 
 
 def _tokens(calls: list[dict[str, Any]]) -> int:

@@ -40,11 +40,13 @@ class Refinement(BaseModel):
 
 @dataclass(frozen=True)
 class RecipeSchemas:
-    """Schemas whose thoughts may cite only the given policy ids."""
+    """Schemas whose policy citations may name only the given policy ids."""
 
     thought: type[BaseModel]
     initial_cot: type[BaseModel]
     deliberation_turn: type[BaseModel]
+    belief: type[BaseModel]
+    verdict: type[BaseModel]
 
 
 def schemas_for(policy_ids: list[str]) -> RecipeSchemas:
@@ -77,4 +79,24 @@ def schemas_for(policy_ids: list[str]) -> RecipeSchemas:
             Field(default=None, description="An updated response, or null to keep the current."),
         ),
     )
-    return RecipeSchemas(thought, initial_cot, deliberation_turn)
+    belief = create_model(
+        "Belief",
+        __doc__="An adversarial belief to inject into the generator's context.",
+        belief=(str, Field(min_length=1, description="One or two sentences.")),
+        targets=(
+            list[policy_id],
+            Field(default_factory=list, max_length=3, description="Policies it aims to break."),
+        ),
+    )
+    verdict = create_model(
+        "Verdict",
+        __doc__="A safety judgement of one CoT and response.",
+        safe=(bool, Field(description="True when nothing breaks a policy.")),
+        violated=(
+            list[policy_id],
+            Field(default_factory=list, max_length=5, description="Policies broken."),
+        ),
+        severity=(int, Field(ge=0, le=4, description="0 none, 4 severe.")),
+        rationale=(str, Field(description="One or two sentences.")),
+    )
+    return RecipeSchemas(thought, initial_cot, deliberation_turn, belief, verdict)

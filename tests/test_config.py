@@ -59,7 +59,7 @@ def test_zero_and_false_are_values_not_unset() -> None:
     [
         ("concurrncy: 3\n", "c.yaml: concurrncy: unknown key"),
         ("models:\n  refiner: {tempreature: 0}\n", "models.refiner.tempreature: unknown key"),
-        ("models:\n  judge: {}\n", "unknown role 'judge'"),
+        ("models:\n  critic: {}\n", "unknown role 'critic'"),
         ("deliberation: {agents: 0}\n", "deliberation.agents"),
         ("models:\n  default: {api_key: sk-123}\n", "models.default.api_key: unknown key"),
         ("- a list\n", "expected a mapping"),
