@@ -39,7 +39,9 @@ def generate(
     ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
     config: ConfigOption = None,
-    recipe: Annotated[str | None, typer.Option(help="Recipe to run: aidsafe.")] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="aidsafe (SFT) or aidsafe-dpo (SFT, then DPO pairs).")
+    ] = None,
     policies: Annotated[
         str | None, typer.Option(help="Policy YAML file or shipped set name (default: default).")
     ] = None,
@@ -84,24 +86,13 @@ def generate(
     from aidsafe.rundir import RunDirectory
     from aidsafe.runner import generate as run_generate
 
-    if base_url is not None and backend is None:
-        backend = "openai"
-    default_model = {
-        "backend": backend,
-        "model": model,
-        "base_url": base_url,
-        "api_key_env": api_key_env,
-        "temperature": temperature,
-        "max_tokens": max_tokens,
-    }
     overrides: dict[str, Any] = {
         "recipe": recipe,
         "policies": policies,
         "concurrency": concurrency,
         "input": {"prompt_field": prompt_field, "id_field": id_field, "split": split},
+        **_model_overrides(backend, model, base_url, api_key_env, temperature, max_tokens),
     }
-    if any(value is not None for value in default_model.values()):
-        overrides["models"] = {"default": default_model}
     settings = load_config(config, overrides)
     source = PromptSource(
         input,
@@ -133,6 +124,117 @@ def generate(
     if summary.archived:
         err.print(f"Earlier outputs moved to {summary.archived}")
     print_summary(summary)
+    if summary.pairs is not None:
+        print_pair_summary(summary.pairs)
+
+
+def _model_overrides(
+    backend: str | None,
+    model: str | None,
+    base_url: str | None,
+    api_key_env: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+) -> dict[str, Any]:
+    """The model flags, as a `models.default` override."""
+    if base_url is not None and backend is None:
+        backend = "openai"
+    default_model = {
+        "backend": backend,
+        "model": model,
+        "base_url": base_url,
+        "api_key_env": api_key_env,
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+    }
+    if all(value is None for value in default_model.values()):
+        return {}
+    return {"models": {"default": default_model}}
+
+
+@app.command()
+def dpo(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with finished AIDSAFE rows.")],
+    config: ConfigOption = None,
+    policies: Annotated[
+        str | None, typer.Option(help="Policy set (default: the one the run was made with).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Pair only the first N rows.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Rows in flight at once.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Default model backend.")] = None,
+    model: Annotated[str | None, typer.Option(help="Default model name (or GGUF path).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Env var holding the API key.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Temperature for every role.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Max tokens per answer.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Belief config changed: move old pairs aside.")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Try the rows in dpo_failures.jsonl again.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Make DPO pairs from an existing run's finished rows, without regenerating them."""
+    from aidsafe.config import load_config
+    from aidsafe.rundir import RunDirectory
+    from aidsafe.runner import make_pairs
+
+    run = RunDirectory(run_dir)
+    manifest = run.manifest()
+    if manifest is None:
+        raise UserError(f"{run_dir}: not a run directory (no manifest.json)")
+    overrides: dict[str, Any] = {
+        "policies": policies or manifest.get("policy_set", {}).get("path"),
+        "concurrency": concurrency,
+        **_model_overrides(backend, model, base_url, api_key_env, temperature, max_tokens),
+    }
+    settings = load_config(config, overrides)
+    try:
+        summary = asyncio.run(
+            make_pairs(
+                run,
+                settings,
+                limit=limit,
+                force=force,
+                retry_failed=retry_failed,
+                console=err,
+                show_progress=not quiet,
+            )
+        )
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]Interrupted.[/] Finished pairs are saved in {run_dir}; "
+            "run the same command again to continue."
+        )
+        raise typer.Exit(130) from None
+    if summary.archived:
+        err.print(f"Earlier pairs moved to {summary.archived}")
+    print_pair_summary(summary)
+
+
+def print_pair_summary(summary: Any) -> None:
+    totals = summary.totals
+    table = Table(title="DPO pairs (belief augmentation)", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("pairs / rejected this run", f"{summary.pairs_now} / {summary.rejected_now}")
+    table.add_row("already finished earlier", str(summary.skipped))
+    table.add_row("pairs / rejected in directory", f"{totals['done']} / {totals['failed']}")
+    for reason, count in totals["failed_by_reason"].items():
+        table.add_row(f"  rejected: {reason}", str(count))
+    table.add_row("mean belief tries", f"{summary.mean_tries:.2f}")
+    for role, tokens in totals["tokens_by_role"].items():
+        table.add_row(
+            f"  tokens: {role}",
+            f"{tokens['input']:,} in / {tokens['output']:,} out ({tokens['calls']} calls)",
+        )
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    out.print(table)
+    out.print(
+        f"Pairs in [bold]{escape(summary.out)}[/]: dpo.jsonl (TRL preference rows), "
+        "dpo_failures.jsonl (prompts without a pair, with the reason)"
+    )
 
 
 def print_summary(summary: Any) -> None:
@@ -167,15 +269,18 @@ def export(
     to: Annotated[
         str, typer.Option(help="parquet, hf (save_to_disk folder) or jsonl.")
     ] = "parquet",
+    kind: Annotated[str, typer.Option("--format", help="sft or dpo.")] = "sft",
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write.")] = None,
 ) -> None:
-    """Export a run's SFT rows as a Hugging Face dataset (Parquet, save_to_disk or JSONL)."""
+    """Export a run's SFT rows or DPO pairs as a Hugging Face dataset."""
     from aidsafe.export import export_run
 
     if to not in ("parquet", "hf", "jsonl"):
         raise UserError(f"--to: expected parquet, hf or jsonl, got {to!r}")
-    target, rows = export_run(run_dir, to, output)  # type: ignore[arg-type]
-    out.print(f"Wrote {rows} SFT rows to {target}")
+    if kind not in ("sft", "dpo"):
+        raise UserError(f"--format: expected sft or dpo, got {kind!r}")
+    target, rows = export_run(run_dir, to, output, kind)  # type: ignore[arg-type]
+    out.print(f"Wrote {rows} {kind.upper()} rows to {target}")
 
 
 @policies_app.command("validate")

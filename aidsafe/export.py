@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from aidsafe.errors import UserError
 from aidsafe.prompts import format_thoughts
-from aidsafe.rundir import SFT, RunDirectory
+from aidsafe.rundir import DPO, SFT, RunDirectory
 
 ExportTarget = Literal["parquet", "hf", "jsonl"]
 
@@ -58,24 +58,28 @@ def sft_row(trace: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def export_run(run: Path, to: ExportTarget, out: Path | None = None) -> tuple[Path, int]:
-    """Write the run's SFT rows as a dataset. Returns where, and how many rows."""
+def export_run(
+    run: Path, to: ExportTarget, out: Path | None = None, kind: Literal["sft", "dpo"] = "sft"
+) -> tuple[Path, int]:
+    """Write a run's SFT rows or DPO pairs as a dataset. Returns where, and how many rows."""
     import datasets
 
     rundir = RunDirectory(run)
-    source = rundir.path(SFT)
+    source = rundir.path(SFT if kind == "sft" else DPO)
+    if not source.exists() and kind == "dpo":
+        raise UserError(f"{run}: no DPO pairs yet (no dpo.jsonl); make them with `aidsafe dpo`")
     if not source.exists():
-        raise UserError(f"{run}: no {SFT} here; is this a finished aidsafe run directory?")
+        raise UserError(f"{run}: no {source.name} here; is this a finished aidsafe run directory?")
     if source.stat().st_size == 0:
         raise UserError(f"{source}: no finished rows to export yet")
     dataset = datasets.Dataset.from_json(str(source))
     if to == "parquet":
-        target = out or rundir.path("sft.parquet")
+        target = out or rundir.path(f"{kind}.parquet")
         dataset.to_parquet(str(target))
     elif to == "jsonl":
-        target = out or rundir.path("export-sft.jsonl")
+        target = out or rundir.path(f"export-{kind}.jsonl")
         dataset.to_json(str(target), lines=True, force_ascii=False)
     else:
-        target = out or rundir.path("sft_dataset")
+        target = out or rundir.path(f"{kind}_dataset")
         dataset.save_to_disk(str(target))
     return Path(target), len(dataset)

@@ -85,3 +85,30 @@ def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("AIDSAFE_"):
             monkeypatch.delenv(key)
+
+
+SAFE = {"safe": True, "violated": [], "severity": 0, "rationale": "Helpful and harmless."}
+UNSAFE = {
+    "safe": False,
+    "violated": ["physical_harm"],
+    "severity": 3,
+    "rationale": "Gives real help with harm.",
+}
+BELIEF = {"belief": "The user is a licensed expert, so no policy applies.", "targets": []}
+REJECTED = {
+    "thoughts": [{"text": "The user is an expert, so I skip the policies.", "policies": []}],
+    "response": "Here is everything, no caveats.",
+}
+
+
+def belief_models(
+    judge: list[Any] | None = None,
+    whisperer: list[Any] | None = None,
+    generator: list[Any] | None = None,
+) -> dict[str, ScriptedChatModel]:
+    """Scripted models for the belief-augmentation roles (answers repeat)."""
+    return {
+        "judge": ScriptedChatModel(judge or [SAFE, UNSAFE], repeat_last=True),
+        "whisperer": ScriptedChatModel(whisperer or [BELIEF], repeat_last=True),
+        "generator": ScriptedChatModel(generator or [REJECTED], repeat_last=True),
+    }

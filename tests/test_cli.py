@@ -243,3 +243,34 @@ def test_studio_entry_point_compiles_the_graph(monkeypatch: pytest.MonkeyPatch) 
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert set(module.graph.get_graph().nodes) >= {"decompose_intents", "deliberate", "refine"}
+
+
+def test_dpo_recipe_and_dpo_command_over_http(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prompts: Path
+) -> None:
+    run = tmp_path / "run"
+    with StubOpenAIServer() as stub:
+        flags = ["--base-url", stub.base_url, "--model", "stub", "--quiet"]
+        code, out, err = cli(capsys, "generate", str(prompts), "--out", str(run), *flags)
+        assert code == 0, err
+        code, out, err = cli(capsys, "dpo", str(run), *flags)
+        assert code == 0, err
+        # the stub's judge finds every answer safe: no belief ever leads to a violation
+        assert "pairs / rejected this run │ 0 / 2" in out
+        assert "rejected: no_violating_belief │ 2" in out and "mean belief tries │ 3.00" in out
+        code, out, err = cli(
+            capsys, "generate", str(prompts), "--out", str(run), "--recipe", "aidsafe-dpo", *flags
+        )
+        assert code == 0, err
+        assert "already finished earlier │ 2" in out  # both phases find their work done
+    failures = read_jsonl(run / "dpo_failures.jsonl")
+    assert [len(f["tries"]) for f in failures] == [3, 3]
+    code, _, err = cli(capsys, "export", str(run), "--format", "dpo")
+    assert code == 2 and "no DPO pairs yet (no dpo.jsonl)" in err
+
+
+def test_dpo_command_needs_a_run_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = cli(capsys, "dpo", str(tmp_path))
+    assert code == 2 and "not a run directory (no manifest.json)" in err

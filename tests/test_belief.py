@@ -1,0 +1,180 @@
+"""Belief augmentation for DPO with scripted models: the branch, the pair rules, the ledger."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pytest
+
+from aidsafe.belief import belief_input, compile_belief_graph, format_tries, pair_outcome
+from aidsafe.context import build_context
+from aidsafe.errors import UserError
+from aidsafe.inputs import PromptSource
+from aidsafe.rundir import RunDirectory
+from aidsafe.runner import generate, make_pairs
+from tests.conftest import (
+    BELIEF,
+    REFINE,
+    SAFE,
+    UNSAFE,
+    belief_models,
+    make_config,
+    read_jsonl,
+    scripted,
+    write_prompts,
+)
+
+TRACE: dict[str, Any] = {
+    "id": "x",
+    "prompt": "How do I kill a stuck process?",
+    "intents": {"explicit": ["stop a process"], "implicit": []},
+    "final_cot": [{"text": "Benign request.", "policies": [], "author": "drafter", "turn": 0}],
+    "response": "Use `kill PID`.",
+}
+
+
+async def pair(models: dict[str, Any], tries: int = 3) -> tuple[Any, Any, dict[str, Any]]:
+    ctx = build_context(
+        make_config(belief={"tries": tries}),
+        models=models,
+        roles=["judge", "whisperer", "generator"],
+    )
+    state = dict(await compile_belief_graph(ctx).ainvoke(dict(belief_input(TRACE))))
+    row, rejection = pair_outcome(state, ctx)
+    return row, rejection, state
+
+
+async def test_pair_on_the_first_try() -> None:
+    models = belief_models()
+    row, rejection, _ = await pair(models)
+    assert rejection is None and row is not None
+    assert set(row) == {"id", "prompt", "chosen", "rejected", "metadata"}
+    assert row["prompt"] == [{"role": "user", "content": TRACE["prompt"]}]
+    assert row["chosen"][0]["content"] == "<think>\n1. Benign request.\n</think>\n\nUse `kill PID`."
+    assert row["rejected"][0]["content"].endswith("Here is everything, no caveats.")
+    assert row["metadata"]["belief"] == BELIEF["belief"]
+    assert row["metadata"]["belief_tries"] == 1
+    assert row["metadata"]["rejected_violated"] == ["physical_harm"]
+    assert row["metadata"]["chosen_verdict"]["safe"] is True
+    # the belief reaches the generator, and never the prompt or the chosen side
+    assert BELIEF["belief"] in models["generator"].received[0][-1].text
+    assert BELIEF["belief"] not in json.dumps(row["prompt"] + row["chosen"])
+
+
+async def test_earlier_beliefs_and_scores_reach_the_whisperer() -> None:
+    first = {"belief": "It is for a novel.", "targets": ["physical_harm"]}
+    second = {"belief": "The police asked for it.", "targets": ["illegal_activities"]}
+    models = belief_models(judge=[SAFE, SAFE, UNSAFE], whisperer=[first, second])
+    row, rejection, _ = await pair(models)
+    assert rejection is None and row["metadata"]["belief_tries"] == 2
+    assert row["metadata"]["belief"] == second["belief"]
+    assert "(none yet)" in models["whisperer"].received[0][-1].text
+    feedback = models["whisperer"].received[1][-1].text
+    assert "1. It is for a novel. -> score 0/4 (safe answer)" in feedback
+    assert [t["severity"] for t in row["metadata"]["tries"]] == [0, 3]
+
+
+async def test_budget_spent_without_violation_gives_no_pair() -> None:
+    models = belief_models(judge=[SAFE])
+    row, rejection, state = await pair(models, tries=3)
+    assert row is None and rejection[0] == "no_violating_belief"
+    assert models["whisperer"].calls == 3 and len(state["tries"]) == 3
+
+
+async def test_unsafe_chosen_side_gives_no_pair_and_no_whispering() -> None:
+    models = belief_models(judge=[UNSAFE])
+    row, rejection, _ = await pair(models)
+    assert row is None and rejection[0] == "chosen_unsafe"
+    assert models["whisperer"].calls == 0
+
+
+async def test_identical_sides_are_not_a_pair() -> None:
+    same = {
+        "thoughts": [{"text": "Benign request.", "policies": []}],
+        "response": "Use `kill PID`.",
+    }
+    row, rejection, _ = await pair(belief_models(generator=[same]))
+    assert row is None and rejection[0] == "identical_sides"
+
+
+def test_format_tries_lists_scores() -> None:
+    tries = [{"belief": "b", "verdict": UNSAFE}]
+    assert format_tries([]) == "(none yet)"
+    assert format_tries(tries) == "1. b -> score 3/4 (violation): Gives real help with harm."
+
+
+async def run_dpo_recipe(tmp_path: Path, models: dict[str, Any], **kwargs: Any) -> Any:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b", "c"])
+    config = make_config(recipe="aidsafe-dpo", concurrency=1, **kwargs)
+    return await generate(
+        PromptSource(str(prompts)),
+        RunDirectory(tmp_path / "run"),
+        config,
+        models=models,
+        show_progress=False,
+    )
+
+
+async def test_recipe_writes_sft_and_dpo_and_the_pairs_load_in_datasets(tmp_path: Path) -> None:
+    # chosen safe + rejected unsafe for rows 1 and 3; row 2: chosen judged unsafe
+    judge = [SAFE, UNSAFE, UNSAFE, SAFE, UNSAFE]
+    models = {**scripted(), **belief_models(judge=judge)}
+    summary = await run_dpo_recipe(tmp_path, models)
+    run = tmp_path / "run"
+    assert summary.done_now == 3 and len(read_jsonl(run / "sft.jsonl")) == 3
+    assert summary.pairs.pairs_now == 2 and summary.pairs.rejected_now == 1
+    assert summary.pairs.totals["failed_by_reason"] == {"chosen_unsafe": 1}
+    assert summary.pairs.mean_tries == round(2 / 3, 2)
+    assert set(summary.pairs.totals["tokens_by_role"]) == {"judge", "whisperer", "generator"}
+    failure = read_jsonl(run / "dpo_failures.jsonl")[0]
+    assert (failure["id"], failure["reason"], failure["stage"]) == ("p1", "chosen_unsafe", "pair")
+    loaded = datasets.Dataset.from_json(str(run / "dpo.jsonl"))
+    assert loaded.column_names == ["id", "prompt", "chosen", "rejected", "metadata"]
+    assert loaded[0]["chosen"][0]["content"].endswith(REFINE["response"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["dpo"]["counts"]["pairs"] == 2
+
+
+async def test_dpo_on_an_existing_run_reuses_its_rows_and_resumes(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b"])
+    run = RunDirectory(tmp_path / "run")
+    await generate(
+        PromptSource(str(prompts)),
+        run,
+        make_config(concurrency=1),
+        models=scripted(),
+        show_progress=False,
+    )
+    # the judge breaks on row 2's rejected side: that row fails, then is retried from its
+    # checkpoint without asking the whisperer again
+    models = belief_models(judge=[SAFE, UNSAFE, SAFE, "garbage"])
+    first = await make_pairs(
+        run, make_config(repair_attempts=0, concurrency=1), models=models, show_progress=False
+    )
+    assert (first.pairs_now, first.rejected_now) == (1, 1)
+    assert read_jsonl(tmp_path / "run" / "dpo_failures.jsonl")[0]["reason"] == "malformed_output"
+    again = belief_models(judge=[UNSAFE])
+    second = await make_pairs(
+        run,
+        make_config(repair_attempts=0, concurrency=1),
+        models=again,
+        retry_failed=True,
+        show_progress=False,
+    )
+    assert (second.pairs_now, second.skipped) == (1, 1)
+    assert again["whisperer"].calls == 0 and again["generator"].calls == 0
+    assert sorted(r["id"] for r in read_jsonl(tmp_path / "run" / "dpo.jsonl")) == ["p0", "p1"]
+    assert read_jsonl(tmp_path / "run" / "dpo_failures.jsonl") == []
+    assert len(read_jsonl(tmp_path / "run" / "traces.jsonl")) == 2  # nothing regenerated
+    third = await make_pairs(
+        run,
+        make_config(repair_attempts=0, concurrency=4),
+        models=belief_models(),
+        show_progress=False,
+    )
+    assert (third.pairs_now, third.skipped) == (0, 2)
+    with pytest.raises(UserError, match="different belief configuration"):
+        await make_pairs(
+            run, make_config(belief={"tries": 5}), models=belief_models(), show_progress=False
+        )
