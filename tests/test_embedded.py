@@ -25,7 +25,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 ACCEPTABLE_FAILURES = {"malformed_output"}  # a small model may fail to repair; nothing else
 
 
-def test_generate_two_prompts_on_the_embedded_model(tmp_path: Path) -> None:
+def test_generate_sft_and_dpo_for_two_prompts_on_the_embedded_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
     command = [
         sys.executable,
@@ -39,6 +39,8 @@ def test_generate_two_prompts_on_the_embedded_model(tmp_path: Path) -> None:
         "2",
         "--concurrency",
         "2",
+        "--recipe",
+        "aidsafe-dpo",
     ]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr
@@ -62,3 +64,14 @@ def test_generate_two_prompts_on_the_embedded_model(tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["done"] == len(traces)
     assert manifest["packages"]["llama-cpp-python"]
+    # belief augmentation: every finished row is either a pair or a rejection with a reason
+    assert "DPO pairs (belief augmentation)" in finished.stdout
+    pairs = read_jsonl(out / "dpo.jsonl")
+    rejected = read_jsonl(out / "dpo_failures.jsonl")
+    assert sorted(r["id"] for r in pairs + rejected) == sorted(t["id"] for t in traces)
+    pair_reasons = {"no_violating_belief", "chosen_unsafe", "identical_sides", "malformed_output"}
+    assert {r["reason"] for r in rejected} <= pair_reasons, rejected
+    for row in pairs:
+        assert set(row) == {"id", "prompt", "chosen", "rejected", "metadata"}
+        assert row["metadata"]["belief"] not in row["prompt"][0]["content"]
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
