@@ -327,12 +327,19 @@ def policies_show(
 
 
 @app.command()
-def graph(config: ConfigOption = None) -> None:
-    """Print the recipe graph as Mermaid."""
+def graph(
+    config: ConfigOption = None,
+    which: Annotated[
+        str, typer.Option("--which", help="aidsafe (the deliberation graph) or belief (DPO).")
+    ] = "aidsafe",
+) -> None:
+    """Print a recipe graph as Mermaid."""
     from aidsafe.config import load_config
     from aidsafe.graph import mermaid_diagram
 
-    sys.stdout.write(mermaid_diagram(load_config(config)))
+    if which not in ("aidsafe", "belief"):
+        raise UserError(f"--which: expected aidsafe or belief, got {which!r}")
+    sys.stdout.write(mermaid_diagram(load_config(config), which))
 
 
 @app.command("config")

@@ -188,10 +188,16 @@ def compile_graph(
     return build_graph(ctx).compile(checkpointer=checkpointer, name="aidsafe")
 
 
-def mermaid_diagram(config: RunConfig) -> str:
-    """The graph as Mermaid text; no model is built or called."""
-    placeholders: dict[str, Any] = dict.fromkeys(config.roles())
-    return str(compile_graph(build_context(config, models=placeholders)).get_graph().draw_mermaid())
+def mermaid_diagram(config: RunConfig, which: str = "aidsafe") -> str:
+    """A graph as Mermaid text; no model is built or called."""
+    from aidsafe.belief import compile_belief_graph
+    from aidsafe.config import BELIEF_ROLES
+
+    roles = list(BELIEF_ROLES) if which == "belief" else config.roles()
+    placeholders: dict[str, Any] = dict.fromkeys(roles)  # drawing calls no model
+    ctx = build_context(config, models=placeholders, roles=roles)
+    compiled = compile_belief_graph(ctx) if which == "belief" else compile_graph(ctx)
+    return str(compiled.get_graph().draw_mermaid())
 
 
 def trace_record(state: dict[str, Any], ctx: RecipeContext) -> dict[str, Any]:

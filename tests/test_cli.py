@@ -226,23 +226,31 @@ def test_example_configs_are_valid(name: str) -> None:
     assert config.model_for("refiner").backend == "openai"
 
 
-def test_rendered_diagram_matches_the_graph(capsys: pytest.CaptureFixture[str]) -> None:
-    code, current, _ = cli(capsys, "graph", raw=True)
+@pytest.mark.parametrize("which", ["aidsafe", "belief"])
+def test_rendered_diagrams_match_the_graphs(capsys: pytest.CaptureFixture[str], which: str) -> None:
+    code, current, _ = cli(capsys, "graph", "--which", which, raw=True)
     assert code == 0
-    shipped = (Path(__file__).parent.parent / "graphs" / "aidsafe.mmd").read_text()
-    assert current == shipped, "graph changed: run `aidsafe graph > graphs/aidsafe.mmd`"
+    shipped = (Path(__file__).parent.parent / "graphs" / f"{which}.mmd").read_text()
+    assert current == shipped, (
+        f"graph changed: run `aidsafe graph --which {which} > graphs/{which}.mmd`"
+    )
 
 
-def test_studio_entry_point_compiles_the_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("name", "node"), [("aidsafe_graph", "deliberate"), ("belief_graph", "whisper")]
+)
+def test_studio_entry_points_compile(monkeypatch: pytest.MonkeyPatch, name: str, node: str) -> None:
     import importlib.util
 
     monkeypatch.setenv("AIDSAFE_CONFIG_FILE", str(EXAMPLES / "vllm-serve.yaml"))
-    path = Path(__file__).parent.parent / "graphs" / "aidsafe_graph.py"
-    spec = importlib.util.spec_from_file_location("aidsafe_graph", path)
+    path = Path(__file__).parent.parent / "graphs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert set(module.graph.get_graph().nodes) >= {"decompose_intents", "deliberate", "refine"}
+    assert node in module.graph.get_graph().nodes
+    registered = json.loads((path.parent / "langgraph.json").read_text())["graphs"]
+    assert f"./{name}.py:graph" in registered.values()
 
 
 def test_dpo_recipe_and_dpo_command_over_http(
