@@ -40,7 +40,8 @@ def generate(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
     config: ConfigOption = None,
     recipe: Annotated[
-        str | None, typer.Option(help="aidsafe (SFT) or aidsafe-dpo (SFT, then DPO pairs).")
+        str | None,
+        typer.Option(help="aidsafe (SFT), aidsafe-dpo (SFT, then DPO pairs) or baseline."),
     ] = None,
     policies: Annotated[
         str | None, typer.Option(help="Policy YAML file or shipped set name (default: default).")
@@ -330,15 +331,15 @@ def policies_show(
 def graph(
     config: ConfigOption = None,
     which: Annotated[
-        str, typer.Option("--which", help="aidsafe (the deliberation graph) or belief (DPO).")
+        str, typer.Option("--which", help="aidsafe, belief (DPO pairs) or baseline.")
     ] = "aidsafe",
 ) -> None:
     """Print a recipe graph as Mermaid."""
     from aidsafe.config import load_config
     from aidsafe.graph import mermaid_diagram
 
-    if which not in ("aidsafe", "belief"):
-        raise UserError(f"--which: expected aidsafe or belief, got {which!r}")
+    if which not in ("aidsafe", "belief", "baseline"):
+        raise UserError(f"--which: expected aidsafe, belief or baseline, got {which!r}")
     sys.stdout.write(mermaid_diagram(load_config(config), which))
 
 

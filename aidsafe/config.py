@@ -21,13 +21,15 @@ StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode
 # Roles whose model can be configured. `deliberator` configures every deliberation agent;
 # `deliberator_N` (N from 1) configures agent N only.
 AIDSAFE_ROLES = ("decomposer", "drafter", "refiner")
+# The paper's single-call zero-shot baseline ("LLM_ZS").
+BASELINE_ROLE = "baseline"
 # Belief augmentation (DPO): the ear-whisperer, the belief-conditioned generator, the judge.
 BELIEF_ROLES = ("judge", "whisperer", "generator")
-FIXED_ROLES = (*AIDSAFE_ROLES, *BELIEF_ROLES)
+FIXED_ROLES = (*AIDSAFE_ROLES, BASELINE_ROLE, *BELIEF_ROLES)
 _DELIBERATOR_ROLE = re.compile(r"^deliberator(_[1-9][0-9]*)?$")
 # Temperatures from RECIPES.md, used when no layer of the config sets one.
 ROLE_TEMPERATURE = {"decomposer": 0.7, "drafter": 0.7, "deliberator": 0.7, "refiner": 0.0}
-ROLE_TEMPERATURE |= {"whisperer": 0.9, "generator": 0.7, "judge": 0.0}
+ROLE_TEMPERATURE |= {"whisperer": 0.9, "generator": 0.7, "judge": 0.0, "baseline": 0.7}
 
 
 class ModelConfig(BaseModel):
@@ -132,10 +134,10 @@ class RunConfig(BaseSettings):
         env_prefix="AIDSAFE_", env_nested_delimiter="__", extra="forbid"
     )
 
-    recipe: Literal["aidsafe", "aidsafe-dpo"] = Field(
+    recipe: Literal["aidsafe", "aidsafe-dpo", "baseline"] = Field(
         "aidsafe",
         description="`aidsafe`: SFT data. `aidsafe-dpo`: the same, then DPO pairs by belief "
-        "augmentation.",
+        "augmentation. `baseline`: one zero-shot call per prompt, for comparison.",
     )
     policies: str = Field(
         "default", description="Policy YAML path, or the name of a shipped set (`default`)."
@@ -191,7 +193,9 @@ class RunConfig(BaseSettings):
         }
 
     def roles(self) -> list[str]:
-        """Every model role the AIDSAFE graph calls, in pipeline order."""
+        """Every model role the recipe's graph calls, in pipeline order."""
+        if self.recipe == "baseline":
+            return [BASELINE_ROLE]
         agents = [f"deliberator_{n}" for n in range(1, self.deliberation.agents + 1)]
         if self.deliberation.budget == 0:
             agents = []
@@ -215,7 +219,8 @@ class RunConfig(BaseSettings):
     def fingerprint_data(self) -> dict[str, Any]:
         """The settings that change what a run writes. Concurrency, timeouts and retries do not."""
         return {
-            "recipe": "aidsafe",  # `aidsafe-dpo` makes the same rows, then pairs them
+            # `aidsafe-dpo` makes the same rows as `aidsafe`, then pairs them
+            "recipe": "baseline" if self.recipe == "baseline" else "aidsafe",
             "models": {role: self.model_for(role).provenance() for role in self.roles()},
             "deliberation": self.deliberation.model_dump(),
             "input": self.input.model_dump(),

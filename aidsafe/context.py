@@ -30,6 +30,7 @@ class RecipeContext:
     deliberation: DeliberationConfig
     belief: BeliefConfig
     repair_attempts: int
+    recipe: str
 
     async def ask(
         self,
@@ -93,5 +94,6 @@ def build_context(
         models=built,
         deliberation=config.deliberation,
         belief=config.belief,
+        recipe=config.recipe,
         repair_attempts=config.repair_attempts,
     )

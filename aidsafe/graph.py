@@ -182,9 +182,40 @@ def build_graph(ctx: RecipeContext) -> StateGraph:
     return builder
 
 
+def build_baseline_graph(ctx: RecipeContext) -> StateGraph:
+    """The paper's LLM_ZS baseline: one zero-shot call writes the CoT and the response, given
+    the same policies. Its state has the AIDSAFE layout, so every output format is shared."""
+
+    async def answer_zero_shot(state: AidsafeState) -> dict[str, Any]:
+        cot, calls = await ctx.ask(
+            "baseline", "answer_zero_shot", ctx.schemas.initial_cot, query=state["prompt"]
+        )
+        thoughts = thought_records(cot.thoughts, "baseline", 0)  # type: ignore[attr-defined]
+        response = cot.response.strip()  # type: ignore[attr-defined]
+        return {
+            "intents": {"explicit": [], "implicit": []},
+            "thoughts": thoughts,
+            "response": response,
+            "initial_response": response,
+            "removed": [],
+            "final_thoughts": thoughts,
+            "final_response": response,
+            "calls": calls,
+        }
+
+    builder = StateGraph(AidsafeState)
+    builder.add_node(answer_zero_shot)
+    builder.add_edge(START, "answer_zero_shot")
+    builder.add_edge("answer_zero_shot", END)
+    return builder
+
+
 def compile_graph(
     ctx: RecipeContext, checkpointer: BaseCheckpointSaver[Any] | None = None
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The generation graph of the context's recipe."""
+    if ctx.recipe == "baseline":
+        return build_baseline_graph(ctx).compile(checkpointer=checkpointer, name="baseline")
     return build_graph(ctx).compile(checkpointer=checkpointer, name="aidsafe")
 
 
@@ -193,6 +224,8 @@ def mermaid_diagram(config: RunConfig, which: str = "aidsafe") -> str:
     from aidsafe.belief import compile_belief_graph
     from aidsafe.config import BELIEF_ROLES
 
+    if which == "baseline":
+        config = config.model_copy(update={"recipe": "baseline"})
     roles = list(BELIEF_ROLES) if which == "belief" else config.roles()
     placeholders: dict[str, Any] = dict.fromkeys(roles)  # drawing calls no model
     ctx = build_context(config, models=placeholders, roles=roles)
@@ -209,7 +242,7 @@ def trace_record(state: dict[str, Any], ctx: RecipeContext) -> dict[str, Any]:
     return {
         "id": state["id"],
         "prompt": state["prompt"],
-        "recipe": "aidsafe",
+        "recipe": "baseline" if ctx.recipe == "baseline" else "aidsafe",
         "intents": state["intents"],
         "initial_cot": [t for t in state["thoughts"] if t["turn"] == 0],
         "initial_response": state["initial_response"],

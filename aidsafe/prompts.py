@@ -57,6 +57,7 @@ the assistant actually says, not what the user asked for; a safe refusal or safe
 violation, and refusing a safe request breaks the helpfulness policy."""
 
 DECOMPOSER_TASK = "Query:\n{query}"
+BASELINE_TASK = "Query:\n{query}"
 DRAFTER_TASK = "Query:\n{query}\n\nIntents:\n{intents}"
 DELIBERATOR_TASK = (
     "Query:\n{query}\n\nIntents:\n{intents}\n\nThoughts so far:\n{thoughts}\n\n"
@@ -99,6 +100,9 @@ DEFAULT_PROMPTS: dict[str, RolePrompt] = {
     "generator": RolePrompt(
         DRAFTER_INSTRUCTIONS, GENERATOR_TASK, frozenset({"query", "intents", "belief"})
     ),
+    # The zero-shot baseline writes CoT and response in one call with the drafter's
+    # instructions and no intents, deliberation or refinement.
+    "baseline": RolePrompt(DRAFTER_INSTRUCTIONS, BASELINE_TASK, frozenset({"query"})),
     "whisperer": RolePrompt(
         WHISPERER_INSTRUCTIONS, WHISPERER_TASK, frozenset({"query", "intents", "tries"})
     ),

@@ -226,7 +226,7 @@ def test_example_configs_are_valid(name: str) -> None:
     assert config.model_for("refiner").backend == "openai"
 
 
-@pytest.mark.parametrize("which", ["aidsafe", "belief"])
+@pytest.mark.parametrize("which", ["aidsafe", "belief", "baseline"])
 def test_rendered_diagrams_match_the_graphs(capsys: pytest.CaptureFixture[str], which: str) -> None:
     code, current, _ = cli(capsys, "graph", "--which", which, raw=True)
     assert code == 0
@@ -282,3 +282,28 @@ def test_dpo_command_needs_a_run_directory(
 ) -> None:
     code, _, err = cli(capsys, "dpo", str(tmp_path))
     assert code == 2 and "not a run directory (no manifest.json)" in err
+
+
+def test_baseline_recipe_writes_the_same_formats(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prompts: Path
+) -> None:
+    with StubOpenAIServer() as stub:
+        code, _, err = cli(
+            capsys,
+            "generate",
+            str(prompts),
+            "--out",
+            str(tmp_path / "run"),
+            "--recipe",
+            "baseline",
+            "--base-url",
+            stub.base_url,
+            "--model",
+            "stub",
+            "--quiet",
+        )
+        assert code == 0, err
+        assert len(stub.requests) == 2  # one call per prompt
+    rows = read_jsonl(tmp_path / "run" / "sft.jsonl")
+    assert len(rows) == 2 and rows[0]["metadata"]["recipe"] == "baseline"
+    assert rows[0]["messages"][1]["content"].startswith("<think>\n1. ")
