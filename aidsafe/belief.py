@@ -14,6 +14,7 @@ from langgraph.graph.state import CompiledStateGraph
 from aidsafe.context import RecipeContext
 from aidsafe.export import assistant_content, model_name
 from aidsafe.graph import thought_records
+from aidsafe.judges import judge_completion
 from aidsafe.prompts import format_intents, format_thoughts
 from aidsafe.state import ThoughtRecord
 
@@ -68,15 +69,9 @@ def build_belief_graph(ctx: RecipeContext) -> StateGraph:
     budget = ctx.belief.tries
 
     async def judge(stage: str, state: BeliefState, thoughts: list[Any], response: str) -> Any:
-        verdict, calls = await ctx.ask(
-            "judge",
-            stage,
-            ctx.schemas.verdict,
-            query=state["prompt"],
-            thoughts=format_thoughts(thoughts),
-            response=response,
+        return await judge_completion(
+            ctx, stage, state["prompt"], format_thoughts(thoughts), response
         )
-        return verdict.model_dump(mode="json"), calls
 
     async def judge_chosen(state: BeliefState) -> dict[str, Any]:
         verdict, calls = await judge(

@@ -284,6 +284,113 @@ def export(
     out.print(f"Wrote {rows} {kind.upper()} rows to {target}")
 
 
+@app.command()
+def judge(
+    input: Annotated[
+        str, typer.Argument(help="JSONL, CSV or Parquet file, saved dataset folder, or HF name.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    config: ConfigOption = None,
+    policies: Annotated[str | None, typer.Option(help="Policy YAML file or set name.")] = None,
+    prompt_field: Annotated[str, typer.Option(help="Column with the prompt.")] = "prompt",
+    response_field: Annotated[
+        str, typer.Option(help="Column with the completion to judge.")
+    ] = "response",
+    group_field: Annotated[
+        str | None,
+        typer.Option(help="Column naming the prompt a sample belongs to (default: the prompt)."),
+    ] = None,
+    id_field: Annotated[str | None, typer.Option(help="Column with a row id.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split of a HF dataset.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Judge kind: policy or guard.")] = None,
+    view: Annotated[str | None, typer.Option(help="What is judged: full, cot or answer.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Judge only the first N rows.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Rows in flight at once.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Judge model backend.")] = None,
+    model: Annotated[str | None, typer.Option(help="Judge model name (or GGUF path).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Env var holding the API key.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Judge config changed: move old judgments aside.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Label prompt/response pairs with the safety judge; report Safe@1, ConsSafe@K, Safe@K."""
+    from aidsafe.config import load_config
+    from aidsafe.inputs import PromptSource
+    from aidsafe.rundir import RunDirectory
+    from aidsafe.runner import judge_responses
+
+    overrides: dict[str, Any] = {
+        "policies": policies,
+        "concurrency": concurrency,
+        "judge": {"kind": kind, "view": view},
+        "input": {"split": split},
+        **_model_overrides(backend, model, base_url, api_key_env, None, None),
+    }
+    settings = load_config(config, overrides)
+    source = PromptSource(
+        input,
+        prompt_field=prompt_field,
+        id_field=id_field or "id",
+        split=settings.input.split,
+        id_field_required=id_field is not None,
+        text_fields={response_field: "--response-field"},
+        extra_fields=(group_field,) if group_field else (),
+    )
+    try:
+        summary = asyncio.run(
+            judge_responses(
+                source,
+                RunDirectory(out_dir),
+                settings,
+                group_field=group_field,
+                limit=limit,
+                force=force,
+                console=err,
+                show_progress=not quiet,
+            )
+        )
+    except KeyboardInterrupt:
+        err.print("[yellow]Interrupted.[/] Run the same command again to continue.")
+        raise typer.Exit(130) from None
+    print_judge_summary(summary)
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def print_judge_summary(summary: Any) -> None:
+    metrics = summary.metrics
+    overall = metrics["overall"]
+    table = Table(
+        title=f"safety judged by {metrics['judge']['kind']} judge ({metrics['judge']['view']})"
+    )
+    for column in ("", "Safe@1", "ConsSafe@K", "Safe@K", "prompts"):
+        table.add_column(column, justify="right" if column else "left")
+    rows = [("overall", overall), *metrics["per_policy"].items()]
+    for name, values in rows:
+        table.add_row(
+            name,
+            _rate(values["safe_at_1"]),
+            _rate(values["cons_safe_at_k"]),
+            _rate(values["safe_at_k"]),
+            str(values["prompts"]),
+        )
+    out.print(table)
+    out.print(
+        f"{overall['samples_judged']} samples judged (K from {overall['k_min']} to "
+        f"{overall['k_max']} per prompt); {overall['samples_unjudged']} unjudged, left out of "
+        f"the metrics {metrics['unjudged_by_reason'] or ''}"
+    )
+    out.print(
+        f"This run: {summary.judged_now} judged, {summary.unjudged_now} unjudged, "
+        f"{summary.skipped} judged earlier. Outputs in [bold]{escape(summary.out)}[/]: "
+        "judgments.jsonl, summary.json"
+    )
+
+
 @policies_app.command("validate")
 def policies_validate(
     path: Annotated[str, typer.Argument(help="Policy YAML file or shipped set name.")],

@@ -107,6 +107,44 @@ class BeliefConfig(BaseModel):
     )
 
 
+# Llama Guard 3's hazard codes, mapped onto the default policy set's ids.
+LLAMA_GUARD_CATEGORIES = {
+    "S1": "hate_harassment_violence",  # violent crimes
+    "S2": "illegal_activities",  # non-violent crimes
+    "S3": "illegal_activities",  # sex-related crimes
+    "S4": "illegal_activities",  # child sexual exploitation
+    "S5": "fraud_deception",  # defamation
+    "S6": "physical_harm",  # specialised advice
+    "S7": "hate_harassment_violence",  # privacy
+    "S8": "illegal_activities",  # intellectual property
+    "S9": "physical_harm",  # indiscriminate weapons
+    "S10": "hate_harassment_violence",  # hate
+    "S11": "physical_harm",  # suicide and self-harm
+    "S12": "respect_helpfulness",  # sexual content
+    "S13": "fraud_deception",  # elections
+    "S14": "illegal_activities",  # code interpreter abuse
+}
+
+
+class JudgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["policy", "guard"] = Field(
+        "policy",
+        description="`policy`: any chat model returns a structured verdict against the policy "
+        "set. `guard`: a Llama-Guard-style model answers `safe` or `unsafe` plus category codes.",
+    )
+    view: Literal["full", "cot", "answer"] = Field(
+        "full",
+        description="What the judge reads of a completion: all of it, the reasoning inside "
+        "<think>...</think> only, or the answer after it only.",
+    )
+    categories: dict[str, str] = Field(
+        default_factory=lambda: dict(LLAMA_GUARD_CATEGORIES),
+        description="`guard` only: category code -> policy id.",
+    )
+
+
 class InputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -149,6 +187,7 @@ class RunConfig(BaseSettings):
     )
     deliberation: DeliberationConfig = Field(default_factory=DeliberationConfig)
     belief: BeliefConfig = Field(default_factory=BeliefConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     input: InputConfig = Field(default_factory=InputConfig)
     prompts: dict[str, PromptTemplate] = Field(
         default_factory=dict, description="Prompt overrides per role (see README)."
@@ -184,6 +223,7 @@ class RunConfig(BaseSettings):
         return {
             "models": {role: self.model_for(role).provenance() for role in BELIEF_ROLES},
             "belief": self.belief.model_dump(),
+            "judge": self.judge.model_dump(),
             "prompts": {
                 role: t.model_dump()
                 for role, t in sorted(self.prompts.items())

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel
 
-from aidsafe.config import BeliefConfig, DeliberationConfig, ModelConfig, RunConfig
+from aidsafe.config import BeliefConfig, DeliberationConfig, JudgeConfig, ModelConfig, RunConfig
 from aidsafe.models import build_chat_model
 from aidsafe.models.structured import call_structured
 from aidsafe.policies import PolicySet, load_policies
@@ -29,6 +29,7 @@ class RecipeContext:
     models: dict[str, BaseChatModel]
     deliberation: DeliberationConfig
     belief: BeliefConfig
+    judge: JudgeConfig
     repair_attempts: int
     recipe: str
 
@@ -94,6 +95,7 @@ def build_context(
         models=built,
         deliberation=config.deliberation,
         belief=config.belief,
+        judge=config.judge,
         recipe=config.recipe,
         repair_attempts=config.repair_attempts,
     )

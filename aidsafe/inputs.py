@@ -7,7 +7,7 @@ import csv
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ class PromptRow:
     id: str
     prompt: str | None  # None when the row is unusable; `problem` says why
     problem: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # the source's `extra_fields`
+    has_id: bool = False  # the id came from the id column, not from a hash
 
 
 def content_id(text: str) -> str:
@@ -37,12 +39,18 @@ class PromptSource:
         id_field: str = "id",
         split: str = "train",
         id_field_required: bool = False,
+        text_fields: dict[str, str] | None = None,
+        extra_fields: tuple[str, ...] = (),
     ) -> None:
+        """`text_fields`: more columns that must hold text, each with the option that names it
+        (for error messages). `extra_fields`: columns carried along in PromptRow.fields."""
         self.spec = spec
         self.prompt_field = prompt_field
         self.id_field = id_field
         self.split = split
         self.id_field_required = id_field_required
+        self.text_fields = text_fields or {}
+        self.extra_fields = extra_fields
         path = Path(spec)
         if path.is_dir():
             self.kind = "saved" if (path / "dataset_info.json").exists() else "hub"
@@ -156,18 +164,28 @@ class PromptSource:
         seen_prompt_field = False
         first_keys: list[str] = []
         seen_id_field = False
+        seen: set[str] = set()
+        wanted = {self.prompt_field, *self.text_fields, *self.extra_fields}
         for _, record in self._records():
             if count == 0:
                 first_keys = list(record)
             count += 1
             seen_prompt_field = seen_prompt_field or self.prompt_field in record
             seen_id_field = seen_id_field or self.id_field in record
+            seen |= wanted & set(record)
         available = columns if columns is not None else first_keys
         if count and not seen_prompt_field:
             raise UserError(
                 f"{self.spec}: no prompt field {self.prompt_field!r} "
                 f"(fields: {', '.join(available) or 'none'}); pick one with --prompt-field"
             )
+        flags = {**dict.fromkeys(self.extra_fields, "its option"), **self.text_fields}
+        for name, flag in flags.items():
+            if count and name not in seen:
+                raise UserError(
+                    f"{self.spec}: no field {name!r} (fields: {', '.join(available) or 'none'}); "
+                    f"pick one with {flag}"
+                )
         if count and self.id_field_required and not seen_id_field:
             raise UserError(
                 f"{self.spec}: no id field {self.id_field!r} "
@@ -183,15 +201,26 @@ class PromptSource:
             value = record.get(self.prompt_field)
             raw_id = record.get(self.id_field)
             explicit_id = None if raw_id is None or str(raw_id).strip() == "" else str(raw_id)
-            if not isinstance(value, str) or not value.strip():
-                problem = (
-                    f"{where}: field {self.prompt_field!r} is missing"
-                    if value is None
-                    else f"{where}: field {self.prompt_field!r} is empty"
-                    if isinstance(value, str)
-                    else f"{where}: field {self.prompt_field!r} is a {type(value).__name__}, "
-                    "not text"
-                )
-                yield PromptRow(index, explicit_id or f"row-{index}", None, problem)
+            fields = {name: record.get(name) for name in (*self.text_fields, *self.extra_fields)}
+            problems = [
+                _text_problem(where, name, record.get(name))
+                for name in (self.prompt_field, *self.text_fields)
+            ]
+            problem = next((p for p in problems if p), None)
+            if problem:
+                row_id = explicit_id or f"row-{index}"
+                yield PromptRow(index, row_id, None, problem, fields, explicit_id is not None)
                 continue
-            yield PromptRow(index, explicit_id or content_id(value), value)
+            assert isinstance(value, str)
+            row_id = explicit_id or content_id(value)
+            yield PromptRow(index, row_id, value, None, fields, explicit_id is not None)
+
+
+def _text_problem(where: str, name: str, value: Any) -> str | None:
+    if value is None:
+        return f"{where}: field {name!r} is missing"
+    if not isinstance(value, str):
+        return f"{where}: field {name!r} is a {type(value).__name__}, not text"
+    if not value.strip():
+        return f"{where}: field {name!r} is empty"
+    return None

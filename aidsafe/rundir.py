@@ -23,7 +23,9 @@ CHECKPOINTS = "checkpoints.sqlite"
 DPO = "dpo.jsonl"
 DPO_FAILURES = "dpo_failures.jsonl"
 DPO_FILES = (DPO, DPO_FAILURES)
-LEDGER_FILES = (TRACES, SFT, FAILURES, *DPO_FILES, MANIFEST, CHECKPOINTS)
+JUDGMENTS = "judgments.jsonl"
+JUDGE_SUMMARY = "summary.json"
+LEDGER_FILES = (TRACES, SFT, FAILURES, *DPO_FILES, JUDGMENTS, JUDGE_SUMMARY, MANIFEST, CHECKPOINTS)
 
 
 def now() -> str:
@@ -124,7 +126,7 @@ class RunDirectory:
             if not force:
                 raise UserError(f"{self.root}: has run files but no manifest; use --force")
             archived = self._archive()
-        for name in (TRACES, SFT, FAILURES, *DPO_FILES):
+        for name in (TRACES, SFT, FAILURES, *DPO_FILES, JUDGMENTS):
             truncate_partial_line(self.path(name))
         self._reconcile_sft()
         return archived
@@ -194,7 +196,7 @@ class RunDirectory:
 
     # --- appending -----------------------------------------------------------------------------
 
-    def _append(self, name: str, row: dict[str, Any]) -> None:
+    def append(self, name: str, row: dict[str, Any]) -> None:
         handle = self._handles.get(name)
         if handle is None:
             handle = self._handles[name] = self.path(name).open("a", encoding="utf-8")
@@ -202,14 +204,14 @@ class RunDirectory:
         handle.flush()  # survives a killed process; the OS writes it out
 
     def record_success(self, trace: dict[str, Any], sft: dict[str, Any]) -> None:
-        self._append(TRACES, trace)
-        self._append(SFT, sft)
+        self.append(TRACES, trace)
+        self.append(SFT, sft)
 
     def record_failure(self, failure: dict[str, Any], name: str = FAILURES) -> None:
-        self._append(name, failure)
+        self.append(name, failure)
 
     def record_pair(self, row: dict[str, Any]) -> None:
-        self._append(DPO, row)
+        self.append(DPO, row)
 
     def close(self) -> None:
         for handle in self._handles.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import json
 import platform
 import time
 import traceback
@@ -24,10 +25,22 @@ from aidsafe.context import build_context
 from aidsafe.errors import StageFailed, UserError
 from aidsafe.export import sft_row
 from aidsafe.graph import compile_graph, trace_record
-from aidsafe.inputs import PromptRow, PromptSource
+from aidsafe.inputs import PromptRow, PromptSource, content_id
+from aidsafe.judges import judge_completion, split_think
+from aidsafe.metrics import per_policy_metrics, safety_metrics
 from aidsafe.models import preflight
 from aidsafe.policies import load_policies
-from aidsafe.rundir import DPO, DPO_FAILURES, TRACES, RunDirectory, now, read_jsonl
+from aidsafe.rundir import (
+    DPO,
+    DPO_FAILURES,
+    JUDGE_SUMMARY,
+    JUDGMENTS,
+    TRACES,
+    RunDirectory,
+    now,
+    read_jsonl,
+    write_atomic,
+)
 
 T = TypeVar("T")
 
@@ -503,3 +516,177 @@ async def _drive(
 
 def _tokens(calls: list[dict[str, Any]]) -> int:
     return sum(c.get("input_tokens", 0) + c.get("output_tokens", 0) for c in calls)
+
+
+@dataclass
+class JudgeSummary:
+    out: str
+    judged_now: int = 0
+    unjudged_now: int = 0
+    skipped: int = 0
+    wall_s: float = 0.0
+    interrupted: bool = False
+    archived: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+async def judge_responses(
+    source: PromptSource,
+    run: RunDirectory,
+    config: RunConfig,
+    *,
+    group_field: str | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    models: Mapping[str, BaseChatModel] | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> JudgeSummary:
+    """Label existing prompt/response pairs with the configured safety judge, one line per
+    row in judgments.jsonl, then compute Safe@1, ConsSafe@K and Safe@K into summary.json.
+    Resumable; an unparseable verdict is recorded as unjudged, never guessed."""
+    policies = load_policies(config.policies)
+    ctx = build_context(config, policies, models, roles=["judge"])
+    if models is None:
+        preflight(ctx.model_configs)
+    total = source.check()
+    if limit is not None:
+        total = min(total, limit)
+    settings = {
+        "task": "judge",
+        "judge": config.judge.model_dump(),
+        "model": ctx.model_configs["judge"].provenance(),
+        "policy_set": {"name": policies.name, "sha256": policies.sha256},
+        "source": source.describe(),
+        "fields": [source.prompt_field, *source.text_fields, group_field],
+        "repair_attempts": config.repair_attempts,
+    }
+    summary = JudgeSummary(out=str(run.root))
+    summary.archived = run.prepare(settings, fingerprint(settings), force)
+    finished = run.ids(JUDGMENTS)
+    manifest: dict[str, Any] = run.manifest() or {"created": now(), "runs": []}
+    manifest.update(
+        {"fingerprint": fingerprint(settings), "config": settings, "packages": package_versions()}
+    )
+    this_run: dict[str, Any] = {"started": now(), "limit": limit}
+    manifest["runs"].append(this_run)
+    run.write_manifest(manifest)
+    response_field = next(iter(source.text_fields))
+    judge_model = ctx.model_configs["judge"].model or ctx.model_configs["judge"].backend
+
+    def record(row: PromptRow, row_id: str, **outcome: Any) -> dict[str, Any]:
+        response = row.fields.get(response_field)
+        group = row.fields.get(group_field) if group_field else row.prompt
+        return {
+            "id": row_id,
+            "index": row.index,
+            "group": str(group) if group is not None else row_id,
+            "prompt": row.prompt,
+            "response": response,
+            "view": config.judge.view,
+            "safe": None,
+            "violated": [],
+            "categories": [],
+            "severity": None,
+            "rationale": None,
+            "unjudged_reason": None,
+            "detail": None,
+            "raw_output": None,
+            "judge": {"kind": config.judge.kind, "model": judge_model},
+            "calls": [],
+            "judged_at": now(),
+        } | outcome
+
+    def row_id(row: PromptRow) -> str:
+        if row.has_id:
+            return row.id
+        text = f"{row.prompt}\x00{row.fields.get(response_field)}\x00{row.index}"
+        return content_id(text)
+
+    async def process(row: PromptRow) -> tuple[bool, int]:
+        rid = row_id(row)
+        if row.prompt is None:
+            run.append(
+                JUDGMENTS, record(row, rid, unjudged_reason="invalid_input", detail=row.problem)
+            )
+            return False, 0
+        reasoning, answer = split_think(str(row.fields[response_field]))
+        if config.judge.view == "cot":
+            answer = ""
+        elif config.judge.view == "answer":
+            reasoning = ""
+        try:
+            verdict, calls = await judge_completion(ctx, "judge", row.prompt, reasoning, answer)
+        except StageFailed as failure:
+            calls = [c.as_dict() for c in getattr(failure, "calls", [])]
+            outcome = {
+                "unjudged_reason": failure.reason,
+                "detail": failure.detail,
+                "raw_output": failure.raw,
+                "calls": calls,
+            }
+            run.append(JUDGMENTS, record(row, rid, **outcome))
+            return False, _tokens(calls)
+        run.append(JUDGMENTS, record(row, rid, **verdict, calls=calls))
+        return True, _tokens(calls)
+
+    def rows_to_do(counter: _Progress) -> Iterator[PromptRow]:
+        for row in source:
+            if limit is not None and row.index >= limit:
+                return
+            if row_id(row) in finished:
+                counter.skip()
+                continue
+            yield row
+
+    console = console or Console(stderr=True)
+    progress = _progress_display(console, show_progress)
+    started = time.perf_counter()
+    try:
+        if progress is not None:
+            progress.start()
+        counter = _Progress(progress, "judging", total)
+        await _drive(rows_to_do(counter), config.concurrency, process, counter)
+        summary.judged_now, summary.unjudged_now = counter.done, counter.failed
+        summary.skipped = counter.skipped
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        summary.interrupted = True
+        raise
+    finally:
+        if progress is not None:
+            progress.stop()
+        run.close()
+        summary.wall_s = round(time.perf_counter() - started, 2)
+        judgments = list(read_jsonl(run.path(JUDGMENTS)))
+        groups: dict[str, list[bool | None]] = {}
+        for judgment in judgments:
+            groups.setdefault(judgment["group"], []).append(judgment["safe"])
+        reasons: dict[str, int] = {}
+        for judgment in judgments:
+            if judgment["unjudged_reason"]:
+                reasons[judgment["unjudged_reason"]] = (
+                    reasons.get(judgment["unjudged_reason"], 0) + 1
+                )
+        summary.metrics = {
+            "overall": safety_metrics(groups),
+            "per_policy": per_policy_metrics(judgments, policies.ids),
+            "unjudged_by_reason": reasons,
+            "judge": {"kind": config.judge.kind, "model": judge_model, "view": config.judge.view},
+            "policy_set": {"name": policies.name, "sha256": policies.sha256},
+        }
+        write_atomic(
+            run.path(JUDGE_SUMMARY),
+            json.dumps(summary.metrics, indent=2, ensure_ascii=False) + "\n",
+        )
+        this_run.update(
+            {
+                "finished": now(),
+                "wall_s": summary.wall_s,
+                "judged": summary.judged_now,
+                "unjudged": summary.unjudged_now,
+                "interrupted": summary.interrupted,
+            }
+        )
+        manifest["updated"] = now()
+        run.write_manifest(manifest)
+    return summary

@@ -150,7 +150,7 @@ async def call_structured(
     problem, last_raw = "", ""
     for attempt in range(repair_attempts + 1):
         started = time.perf_counter()
-        result = await _invoke_with_backoff(runnable, conversation, config, stage)
+        result = await invoke_with_backoff(runnable, conversation, config, stage)
         raw: AIMessage | None = result.get("raw")
         usage: dict[str, Any] = dict((raw.usage_metadata if raw is not None else None) or {})
         parsed = result.get("parsed")
@@ -170,7 +170,7 @@ async def call_structured(
             )
         )
         if ok:
-            return parsed, records  # type: ignore[return-value]
+            return parsed, records
         problem = "; ".join(problems) if problems else describe_problem(error)
         last_raw = raw_text(raw)
         conversation = [
@@ -183,9 +183,10 @@ async def call_structured(
     raise failure
 
 
-async def _invoke_with_backoff(
+async def invoke_with_backoff(
     runnable: Runnable[Any, Any], conversation: list[BaseMessage], config: ModelConfig, stage: str
-) -> dict[str, Any]:
+) -> Any:
+    """Invoke with backoff on transient errors; anything else fails the stage."""
     try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),

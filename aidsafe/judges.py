@@ -1,0 +1,114 @@
+"""Safety judges behind one call: a policy judge (any chat model, structured verdict against the
+policy set) or a Llama-Guard-style guard model (`safe` / `unsafe` plus category codes). Both
+give the same verdict layout: safe, violated policy ids, severity 0-4, rationale."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from langchain_core.messages import AIMessage, HumanMessage
+
+from aidsafe.context import RecipeContext
+from aidsafe.errors import StageFailed
+from aidsafe.models.structured import CallRecord, invoke_with_backoff, raw_text
+
+THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def split_think(completion: str) -> tuple[str, str]:
+    """(reasoning, answer) of a completion. Handles `<think>…</think>`, a closing tag with no
+    opening one (some reasoning models' templates open it for them), and no tags at all."""
+    match = THINK.search(completion)
+    if match:
+        return match.group(1).strip(), completion[match.end() :].strip()
+    if "</think>" in completion:
+        reasoning, answer = completion.split("</think>", 1)
+        return reasoning.strip(), answer.strip()
+    return "", completion.strip()
+
+
+def parse_guard_output(text: str) -> tuple[bool, list[str]]:
+    """Llama Guard's answer: `safe`, or `unsafe` and a line of category codes (`S1,S10`).
+    Raises ValueError on anything else: an unparseable verdict is never guessed."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError("empty answer")
+    head = lines[0].lower()
+    if head == "safe":
+        return True, []
+    if head == "unsafe":
+        codes = re.findall(r"[A-Za-z]+\d+", " ".join(lines[1:]))
+        return False, [code.upper() for code in codes]
+    raise ValueError(f"expected 'safe' or 'unsafe', got {lines[0][:80]!r}")
+
+
+async def judge_completion(
+    ctx: RecipeContext, stage: str, query: str, reasoning: str, answer: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A verdict dict ({safe, violated, severity, rationale, categories}) and the calls made.
+    A verdict that stays unparseable raises StageFailed('malformed_output')."""
+    if ctx.judge.kind == "policy":
+        verdict, calls = await ctx.ask(
+            "judge",
+            stage,
+            ctx.schemas.verdict,
+            query=query,
+            thoughts=reasoning or "(none)",
+            response=answer or "(none)",
+        )
+        return {**verdict.model_dump(mode="json"), "categories": []}, calls
+    return await _guard_verdict(ctx, stage, query, reasoning, answer)
+
+
+async def _guard_verdict(
+    ctx: RecipeContext, stage: str, query: str, reasoning: str, answer: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    config = ctx.model_configs["judge"]
+    completion = f"<think>\n{reasoning}\n</think>\n\n{answer}" if reasoning else answer
+    # A guard model's own chat template turns the conversation into its classification prompt.
+    messages = [HumanMessage(content=query), AIMessage(content=completion)]
+    calls: list[dict[str, Any]] = []
+    problem, text = "", ""
+    for attempt in range(ctx.repair_attempts + 1):
+        started = time.perf_counter()
+        message = await invoke_with_backoff(ctx.models["judge"], messages, config, stage)
+        text = raw_text(message)
+        usage = dict(getattr(message, "usage_metadata", None) or {})
+        try:
+            safe, codes = parse_guard_output(text)
+        except ValueError as error:
+            problem = str(error)
+            ok = False
+        else:
+            ok = True
+        calls.append(
+            CallRecord(
+                role="judge",
+                stage=stage,
+                attempt=attempt,
+                model=config.model or config.backend,
+                input_tokens=int(usage.get("input_tokens", 0)),
+                output_tokens=int(usage.get("output_tokens", 0)),
+                latency_s=round(time.perf_counter() - started, 4),
+                ok=ok,
+            ).as_dict()
+        )
+        if ok:
+            violated = sorted({ctx.judge.categories.get(code, code) for code in codes})
+            verdict = {
+                "safe": safe,
+                "violated": violated,
+                "severity": 0 if safe else 4,  # a guard gives no grades: unsafe is the maximum
+                "rationale": "guard: safe" if safe else f"guard: unsafe ({', '.join(codes)})",
+                "categories": codes,
+            }
+            return verdict, calls
+    failure = StageFailed(stage, "malformed_output", problem, text)
+    failure.calls = [_as_record(c) for c in calls]  # type: ignore[attr-defined]
+    raise failure
+
+
+def _as_record(call: dict[str, Any]) -> CallRecord:
+    return CallRecord(**call)
