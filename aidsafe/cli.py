@@ -41,7 +41,9 @@ def generate(
     config: ConfigOption = None,
     recipe: Annotated[
         str | None,
-        typer.Option(help="aidsafe (SFT), aidsafe-dpo (SFT, then DPO pairs) or baseline."),
+        typer.Option(
+            help="aidsafe (SFT), aidsafe-dpo (SFT, then DPO pairs), baseline, unsafechain."
+        ),
     ] = None,
     policies: Annotated[
         str | None, typer.Option(help="Policy YAML file or shipped set name (default: default).")
@@ -79,6 +81,10 @@ def generate(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Try the rows in failures.jsonl again.")
     ] = False,
+    select: Annotated[
+        int | None,
+        typer.Option(min=1, help="Also write sft_selected.jsonl: a balanced subset of N rows."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run a recipe over prompts and write traces, SFT rows, failures and a manifest."""
@@ -114,6 +120,7 @@ def generate(
                 retry_failed=retry_failed,
                 console=err,
                 show_progress=not quiet,
+                select=select,
             )
         )
     except KeyboardInterrupt:
@@ -125,8 +132,33 @@ def generate(
     if summary.archived:
         err.print(f"Earlier outputs moved to {summary.archived}")
     print_summary(summary)
+    if summary.recipe_stats is not None:
+        print_unsafechain_stats(summary.recipe_stats)
+    if summary.selected is not None:
+        out.print(f"Selected {summary.selected[0]} rows into {escape(summary.selected[1])}")
     if summary.pairs is not None:
         print_pair_summary(summary.pairs)
+
+
+def print_unsafechain_stats(stats: dict[str, Any]) -> None:
+    target = stats["target"]
+    table = Table(title="UnsafeChain: the target model, judged", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row(
+        "Safe@1 / ConsSafe@K / Safe@K",
+        " / ".join(_rate(target[key]) for key in ("safe_at_1", "cons_safe_at_k", "safe_at_k")),
+    )
+    table.add_row("prompts (hard)", f"{stats.get('prompts', 0)} ({stats.get('hard_prompts', 0)})")
+    for key in (
+        "original_kept",
+        "corrected_kept",
+        "corrected_dropped",
+        "unsafe_on_easy_prompts_dropped",
+        "samples_unjudged",
+    ):
+        table.add_row(key.replace("_", " "), str(stats.get(key, 0)))
+    out.print(table)
 
 
 def _model_overrides(
@@ -438,15 +470,17 @@ def policies_show(
 def graph(
     config: ConfigOption = None,
     which: Annotated[
-        str, typer.Option("--which", help="aidsafe, belief (DPO pairs) or baseline.")
+        str, typer.Option("--which", help="aidsafe, belief (DPO pairs), baseline, unsafechain.")
     ] = "aidsafe",
 ) -> None:
     """Print a recipe graph as Mermaid."""
     from aidsafe.config import load_config
     from aidsafe.graph import mermaid_diagram
 
-    if which not in ("aidsafe", "belief", "baseline"):
-        raise UserError(f"--which: expected aidsafe, belief or baseline, got {which!r}")
+    if which not in ("aidsafe", "belief", "baseline", "unsafechain"):
+        raise UserError(
+            f"--which: expected aidsafe, belief, baseline or unsafechain, got {which!r}"
+        )
     sys.stdout.write(mermaid_diagram(load_config(config), which))
 
 

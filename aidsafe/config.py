@@ -25,11 +25,14 @@ AIDSAFE_ROLES = ("decomposer", "drafter", "refiner")
 BASELINE_ROLE = "baseline"
 # Belief augmentation (DPO): the ear-whisperer, the belief-conditioned generator, the judge.
 BELIEF_ROLES = ("judge", "whisperer", "generator")
-FIXED_ROLES = (*AIDSAFE_ROLES, BASELINE_ROLE, *BELIEF_ROLES)
+# UnsafeChain: the target model that answers, the corrector that rewrites unsafe answers.
+UNSAFECHAIN_ROLES = ("target", "judge", "corrector")
+FIXED_ROLES = (*AIDSAFE_ROLES, BASELINE_ROLE, *BELIEF_ROLES, "target", "corrector")
 _DELIBERATOR_ROLE = re.compile(r"^deliberator(_[1-9][0-9]*)?$")
 # Temperatures from RECIPES.md, used when no layer of the config sets one.
 ROLE_TEMPERATURE = {"decomposer": 0.7, "drafter": 0.7, "deliberator": 0.7, "refiner": 0.0}
 ROLE_TEMPERATURE |= {"whisperer": 0.9, "generator": 0.7, "judge": 0.0, "baseline": 0.7}
+ROLE_TEMPERATURE |= {"target": 0.7, "corrector": 0.3}
 
 
 class ModelConfig(BaseModel):
@@ -145,6 +148,19 @@ class JudgeConfig(BaseModel):
     )
 
 
+class UnsafeChainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(4, ge=1, description="K: completions sampled from the target per prompt.")
+    hard_threshold: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="A prompt is hard when the share of its judged samples that are safe is at "
+        "most this. 0: every sample unsafe (the default). Just under 1: any unsafe sample.",
+    )
+
+
 class InputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -172,10 +188,11 @@ class RunConfig(BaseSettings):
         env_prefix="AIDSAFE_", env_nested_delimiter="__", extra="forbid"
     )
 
-    recipe: Literal["aidsafe", "aidsafe-dpo", "baseline"] = Field(
+    recipe: Literal["aidsafe", "aidsafe-dpo", "baseline", "unsafechain"] = Field(
         "aidsafe",
         description="`aidsafe`: SFT data. `aidsafe-dpo`: the same, then DPO pairs by belief "
-        "augmentation. `baseline`: one zero-shot call per prompt, for comparison.",
+        "augmentation. `baseline`: one zero-shot call per prompt, for comparison. "
+        "`unsafechain`: sample a target model, judge, correct the unsafe answers of hard prompts.",
     )
     policies: str = Field(
         "default", description="Policy YAML path, or the name of a shipped set (`default`)."
@@ -188,6 +205,7 @@ class RunConfig(BaseSettings):
     deliberation: DeliberationConfig = Field(default_factory=DeliberationConfig)
     belief: BeliefConfig = Field(default_factory=BeliefConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    unsafechain: UnsafeChainConfig = Field(default_factory=UnsafeChainConfig)
     input: InputConfig = Field(default_factory=InputConfig)
     prompts: dict[str, PromptTemplate] = Field(
         default_factory=dict, description="Prompt overrides per role (see README)."
@@ -236,6 +254,8 @@ class RunConfig(BaseSettings):
         """Every model role the recipe's graph calls, in pipeline order."""
         if self.recipe == "baseline":
             return [BASELINE_ROLE]
+        if self.recipe == "unsafechain":
+            return list(UNSAFECHAIN_ROLES)
         agents = [f"deliberator_{n}" for n in range(1, self.deliberation.agents + 1)]
         if self.deliberation.budget == 0:
             agents = []
@@ -258,9 +278,9 @@ class RunConfig(BaseSettings):
 
     def fingerprint_data(self) -> dict[str, Any]:
         """The settings that change what a run writes. Concurrency, timeouts and retries do not."""
-        return {
+        data = {
             # `aidsafe-dpo` makes the same rows as `aidsafe`, then pairs them
-            "recipe": "baseline" if self.recipe == "baseline" else "aidsafe",
+            "recipe": "aidsafe" if self.recipe == "aidsafe-dpo" else self.recipe,
             "models": {role: self.model_for(role).provenance() for role in self.roles()},
             "deliberation": self.deliberation.model_dump(),
             "input": self.input.model_dump(),
@@ -271,6 +291,10 @@ class RunConfig(BaseSettings):
             },
             "repair_attempts": self.repair_attempts,
         }
+        if self.recipe == "unsafechain":
+            data["judge"] = self.judge.model_dump()
+            data["unsafechain"] = self.unsafechain.model_dump()
+        return data
 
 
 def fingerprint(data: dict[str, Any]) -> str:

@@ -9,7 +9,14 @@ from typing import Any, TypeVar
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel
 
-from aidsafe.config import BeliefConfig, DeliberationConfig, JudgeConfig, ModelConfig, RunConfig
+from aidsafe.config import (
+    BeliefConfig,
+    DeliberationConfig,
+    JudgeConfig,
+    ModelConfig,
+    RunConfig,
+    UnsafeChainConfig,
+)
 from aidsafe.models import build_chat_model
 from aidsafe.models.structured import call_structured
 from aidsafe.policies import PolicySet, load_policies
@@ -30,6 +37,7 @@ class RecipeContext:
     deliberation: DeliberationConfig
     belief: BeliefConfig
     judge: JudgeConfig
+    unsafechain: UnsafeChainConfig
     repair_attempts: int
     recipe: str
 
@@ -96,6 +104,7 @@ def build_context(
         deliberation=config.deliberation,
         belief=config.belief,
         judge=config.judge,
+        unsafechain=config.unsafechain,
         recipe=config.recipe,
         repair_attempts=config.repair_attempts,
     )

@@ -58,6 +58,16 @@ def sft_row(trace: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def sft_rows(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """The SFT rows of one trace: one per AIDSAFE or baseline prompt; for UnsafeChain, one per
+    kept answer."""
+    if trace["recipe"] == "unsafechain":
+        from aidsafe.unsafechain import unsafechain_sft_rows
+
+        return unsafechain_sft_rows(trace)
+    return [sft_row(trace)]
+
+
 def export_run(
     run: Path, to: ExportTarget, out: Path | None = None, kind: Literal["sft", "dpo"] = "sft"
 ) -> tuple[Path, int]:

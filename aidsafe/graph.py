@@ -214,6 +214,13 @@ def compile_graph(
     ctx: RecipeContext, checkpointer: BaseCheckpointSaver[Any] | None = None
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """The generation graph of the context's recipe."""
+    if ctx.recipe == "unsafechain":
+        from aidsafe.unsafechain import build_unsafechain_graph
+
+        builder = build_unsafechain_graph(
+            ctx, ctx.unsafechain.samples, ctx.unsafechain.hard_threshold
+        )
+        return builder.compile(checkpointer=checkpointer, name="unsafechain")
     if ctx.recipe == "baseline":
         return build_baseline_graph(ctx).compile(checkpointer=checkpointer, name="baseline")
     return build_graph(ctx).compile(checkpointer=checkpointer, name="aidsafe")
@@ -224,8 +231,8 @@ def mermaid_diagram(config: RunConfig, which: str = "aidsafe") -> str:
     from aidsafe.belief import compile_belief_graph
     from aidsafe.config import BELIEF_ROLES
 
-    if which == "baseline":
-        config = config.model_copy(update={"recipe": "baseline"})
+    if which in ("baseline", "unsafechain"):
+        config = config.model_copy(update={"recipe": which})
     roles = list(BELIEF_ROLES) if which == "belief" else config.roles()
     placeholders: dict[str, Any] = dict.fromkeys(roles)  # drawing calls no model
     ctx = build_context(config, models=placeholders, roles=roles)
@@ -236,6 +243,11 @@ def mermaid_diagram(config: RunConfig, which: str = "aidsafe") -> str:
 def trace_record(state: dict[str, Any], ctx: RecipeContext) -> dict[str, Any]:
     """The full provenance record of one finished prompt (a line of traces.jsonl)."""
     from aidsafe import __version__
+
+    if ctx.recipe == "unsafechain":
+        from aidsafe.unsafechain import unsafechain_trace
+
+        return unsafechain_trace(state, ctx)
 
     calls = state.get("calls", [])
     turns = state.get("turns", [])

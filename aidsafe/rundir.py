@@ -17,6 +17,7 @@ from aidsafe.errors import UserError
 
 TRACES = "traces.jsonl"
 SFT = "sft.jsonl"
+SFT_SELECTED = "sft_selected.jsonl"
 FAILURES = "failures.jsonl"
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints.sqlite"
@@ -25,7 +26,17 @@ DPO_FAILURES = "dpo_failures.jsonl"
 DPO_FILES = (DPO, DPO_FAILURES)
 JUDGMENTS = "judgments.jsonl"
 JUDGE_SUMMARY = "summary.json"
-LEDGER_FILES = (TRACES, SFT, FAILURES, *DPO_FILES, JUDGMENTS, JUDGE_SUMMARY, MANIFEST, CHECKPOINTS)
+LEDGER_FILES = (
+    TRACES,
+    SFT,
+    SFT_SELECTED,
+    FAILURES,
+    *DPO_FILES,
+    JUDGMENTS,
+    JUDGE_SUMMARY,
+    MANIFEST,
+    CHECKPOINTS,
+)
 
 
 def now() -> str:
@@ -160,13 +171,16 @@ class RunDirectory:
     def _reconcile_sft(self) -> None:
         """sft.jsonl is derived from traces.jsonl; after a crash between the two appends,
         rebuild it so both hold the same rows."""
-        from aidsafe.export import sft_row
+        from aidsafe.export import sft_rows
 
-        trace_ids = [row["id"] for row in read_jsonl(self.path(TRACES))]
-        sft_ids = [row["id"] for row in read_jsonl(self.path(SFT))]
-        if trace_ids == sft_ids:
+        expected = [row["id"] for t in read_jsonl(self.path(TRACES)) for row in sft_rows(t)]
+        if expected == [row["id"] for row in read_jsonl(self.path(SFT))]:
             return
-        lines = (json.dumps(sft_row(t), ensure_ascii=False) for t in read_jsonl(self.path(TRACES)))
+        lines = (
+            json.dumps(row, ensure_ascii=False)
+            for trace in read_jsonl(self.path(TRACES))
+            for row in sft_rows(trace)
+        )
         write_atomic(self.path(SFT), "".join(f"{line}\n" for line in lines))
 
     def ledger_state(self) -> LedgerState:
@@ -203,9 +217,10 @@ class RunDirectory:
         handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         handle.flush()  # survives a killed process; the OS writes it out
 
-    def record_success(self, trace: dict[str, Any], sft: dict[str, Any]) -> None:
+    def record_success(self, trace: dict[str, Any], sft: list[dict[str, Any]]) -> None:
         self.append(TRACES, trace)
-        self.append(SFT, sft)
+        for row in sft:
+            self.append(SFT, row)
 
     def record_failure(self, failure: dict[str, Any], name: str = FAILURES) -> None:
         self.append(name, failure)

@@ -23,7 +23,7 @@ from aidsafe.belief import belief_input, compile_belief_graph, pair_outcome
 from aidsafe.config import BELIEF_ROLES, RunConfig, fingerprint
 from aidsafe.context import build_context
 from aidsafe.errors import StageFailed, UserError
-from aidsafe.export import sft_row
+from aidsafe.export import sft_rows
 from aidsafe.graph import compile_graph, trace_record
 from aidsafe.inputs import PromptRow, PromptSource, content_id
 from aidsafe.judges import judge_completion, split_think
@@ -35,12 +35,15 @@ from aidsafe.rundir import (
     DPO_FAILURES,
     JUDGE_SUMMARY,
     JUDGMENTS,
+    SFT,
+    SFT_SELECTED,
     TRACES,
     RunDirectory,
     now,
     read_jsonl,
     write_atomic,
 )
+from aidsafe.unsafechain import run_statistics, select_subset
 
 T = TypeVar("T")
 
@@ -85,6 +88,8 @@ class RunSummary:
     archived: str | None = None
     totals: dict[str, Any] = field(default_factory=dict)
     pairs: PairSummary | None = None
+    recipe_stats: dict[str, Any] | None = None  # unsafechain: the target's safety, outcomes
+    selected: tuple[int, str] | None = None  # --select: rows written, where
 
 
 class _Progress:
@@ -162,6 +167,7 @@ async def generate(
     models: Mapping[str, BaseChatModel] | None = None,
     console: Console | None = None,
     show_progress: bool = True,
+    select: int | None = None,
 ) -> RunSummary:
     """Run (or resume) the configured recipe. `models` replaces configured models (tests).
     Recipe `aidsafe-dpo` then pairs the finished rows (see `make_pairs`)."""
@@ -228,7 +234,7 @@ async def generate(
                     run.record_failure(result.failure_record(row.index, row.prompt))
                     return False, result.new_tokens
                 trace = trace_record(result.state, ctx)
-                run.record_success(trace, sft_row(trace))
+                run.record_success(trace, sft_rows(trace))
                 await saver.adelete_thread(row.id)
                 return True, result.new_tokens
 
@@ -260,8 +266,16 @@ async def generate(
             key: summary.totals[key] for key in ("done", "failed", "failed_by_reason")
         }
         manifest["tokens_by_role"] = summary.totals["tokens_by_role"]
+        if config.recipe == "unsafechain":
+            summary.recipe_stats = run_statistics(read_jsonl(run.path(TRACES)))
+            manifest["unsafechain"] = summary.recipe_stats
         manifest["updated"] = now()
         run.write_manifest(manifest)
+    if select is not None:
+        selected = select_subset(list(read_jsonl(run.path(SFT))), select)
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in selected)
+        write_atomic(run.path(SFT_SELECTED), text)
+        summary.selected = (len(selected), str(run.path(SFT_SELECTED)))
     if config.recipe == "aidsafe-dpo":
         summary.pairs = await make_pairs(
             run,
@@ -291,6 +305,11 @@ async def make_pairs(
     manifest = run.manifest()
     if manifest is None or not run.path(TRACES).exists():
         raise UserError(f"{run.root}: no finished AIDSAFE run here (no manifest or traces.jsonl)")
+    if manifest.get("config", {}).get("recipe") not in ("aidsafe", "baseline"):
+        raise UserError(
+            f"{run.root}: DPO pairs are made from aidsafe or baseline runs, not from a "
+            f"{manifest.get('config', {}).get('recipe')!r} run"
+        )
     policies = load_policies(config.policies)
     made_with = manifest.get("policy_set", {})
     if made_with.get("sha256") != policies.sha256:

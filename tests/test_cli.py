@@ -226,7 +226,7 @@ def test_example_configs_are_valid(name: str) -> None:
     assert config.model_for("refiner").backend == "openai"
 
 
-@pytest.mark.parametrize("which", ["aidsafe", "belief", "baseline"])
+@pytest.mark.parametrize("which", ["aidsafe", "belief", "baseline", "unsafechain"])
 def test_rendered_diagrams_match_the_graphs(capsys: pytest.CaptureFixture[str], which: str) -> None:
     code, current, _ = cli(capsys, "graph", "--which", which, raw=True)
     assert code == 0
@@ -348,3 +348,41 @@ def test_judge_command_on_a_small_csv(capsys: pytest.CaptureFixture[str], tmp_pa
         capsys, "judge", str(samples), "--out", str(tmp_path / "k"), "--prompt-field", "question"
     )
     assert code == 2 and "no field 'response'" in err and "--response-field" in err
+
+
+def test_unsafechain_recipe_over_http_with_selection(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prompts: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("unsafechain:\n  samples: 3\n")
+    run = tmp_path / "run"
+    with StubOpenAIServer() as stub:
+        code, out, err = cli(
+            capsys,
+            "generate",
+            str(prompts),
+            "--out",
+            str(run),
+            "--recipe",
+            "unsafechain",
+            "--config",
+            str(config),
+            "--base-url",
+            stub.base_url,
+            "--model",
+            "stub",
+            "--select",
+            "4",
+            "--quiet",
+        )
+        assert code == 0, err
+        # the stub judge finds every answer safe: all 6 samples are kept as they are
+        assert "Safe@1 / ConsSafe@K / Safe@K │ 1.000 / 1.000 / 1.000" in out
+        assert "original kept │ 6" in out and "Selected 4 rows" in out
+        code, _, err = cli(capsys, "dpo", str(run), "--base-url", stub.base_url, "--model", "s")
+        assert code == 2 and "not from a 'unsafechain' run" in err
+    rows = read_jsonl(run / "sft.jsonl")
+    assert (
+        len(rows) == 6 and rows[0]["messages"][1]["content"] == "<think>\n\n</think>\n\nstub answer"
+    )
+    assert len(read_jsonl(run / "sft_selected.jsonl")) == 4

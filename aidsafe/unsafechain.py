@@ -1,0 +1,300 @@
+"""The UnsafeChain recipe (correction-based supervision on hard prompts): the target model
+answers each prompt K times, the safety judge labels every answer, and on hard prompts (few or
+no safe answers) each unsafe answer is rewritten by the corrector, then judged again."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import operator
+from collections import Counter
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, TypedDict
+
+from langchain_core.messages import HumanMessage
+from langgraph.graph import END, START, StateGraph
+
+from aidsafe.context import RecipeContext
+from aidsafe.errors import StageFailed
+from aidsafe.export import assistant_content, model_name
+from aidsafe.graph import thought_records
+from aidsafe.judges import judge_completion, split_think
+from aidsafe.metrics import safety_metrics
+from aidsafe.models.structured import invoke_with_backoff, raw_text
+from aidsafe.prompts import format_thoughts
+
+
+class UnsafeChainState(TypedDict, total=False):
+    id: str
+    prompt: str
+    samples: list[dict[str, Any]]  # {index, completion, reasoning, answer, verdict | None, ...}
+    hard: bool
+    corrections: list[dict[str, Any]]  # {sample, thoughts, response, verdict | None, kept}
+    calls: Annotated[list[dict[str, Any]], operator.add]
+
+
+def safe_share(samples: list[dict[str, Any]]) -> float | None:
+    judged = [s["verdict"]["safe"] for s in samples if s["verdict"] is not None]
+    return sum(judged) / len(judged) if judged else None
+
+
+def describe_verdict(verdict: dict[str, Any]) -> str:
+    violated = ", ".join(verdict["violated"]) or "none named"
+    codes = f"; categories {', '.join(verdict['categories'])}" if verdict.get("categories") else ""
+    severity = f"severity {verdict['severity']}/4"
+    return f"unsafe (policies: {violated}{codes}; {severity}): {verdict['rationale']}"
+
+
+def build_unsafechain_graph(ctx: RecipeContext, samples: int, hard_threshold: float) -> StateGraph:
+    async def judge_or_none(stage: str, query: str, reasoning: str, answer: str) -> Any:
+        """A verdict, or None with the failure recorded: unjudged answers are never guessed."""
+        try:
+            verdict, calls = await judge_completion(ctx, stage, query, reasoning, answer)
+            return verdict, calls, None
+        except StageFailed as failure:
+            if failure.reason != "malformed_output":
+                raise
+            calls = [c.as_dict() for c in getattr(failure, "calls", [])]
+            return None, calls, {"detail": failure.detail, "raw_output": failure.raw}
+
+    def view(reasoning: str, answer: str) -> tuple[str, str]:
+        if ctx.judge.view == "cot":
+            return reasoning, ""
+        if ctx.judge.view == "answer":
+            return "", answer
+        return reasoning, answer
+
+    async def sample_target(state: UnsafeChainState) -> dict[str, Any]:
+        config = ctx.model_configs["target"]
+        started = asyncio.get_running_loop().time()
+
+        async def one(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+            message = await invoke_with_backoff(
+                ctx.models["target"], [HumanMessage(content=state["prompt"])], config, "sample"
+            )
+            usage = dict(getattr(message, "usage_metadata", None) or {})
+            completion = raw_text(message)
+            reasoning, answer = split_think(completion)
+            call = {
+                "role": "target",
+                "stage": "sample_target",
+                "attempt": index,
+                "model": config.model or config.backend,
+                "input_tokens": int(usage.get("input_tokens", 0)),
+                "output_tokens": int(usage.get("output_tokens", 0)),
+                "latency_s": round(asyncio.get_running_loop().time() - started, 4),
+                "ok": True,
+            }
+            sample = {"index": index, "completion": completion, "reasoning": reasoning}
+            return sample | {"answer": answer}, call
+
+        results = await asyncio.gather(*(one(i) for i in range(samples)))
+        return {"samples": [r[0] for r in results], "calls": [r[1] for r in results]}
+
+    async def judge_samples(state: UnsafeChainState) -> dict[str, Any]:
+        outcomes = await asyncio.gather(
+            *(
+                judge_or_none("judge_samples", state["prompt"], *view(s["reasoning"], s["answer"]))
+                for s in state["samples"]
+            )
+        )
+        judged = [
+            {**sample, "verdict": verdict, "unjudged": problem}
+            for sample, (verdict, _, problem) in zip(state["samples"], outcomes, strict=True)
+        ]
+        calls = [call for _, batch, _ in outcomes for call in batch]
+        share = safe_share(judged)
+        if share is None:
+            raise StageFailed("judge_samples", "unjudged", "no sample could be judged")
+        return {"samples": judged, "hard": share <= hard_threshold, "calls": calls}
+
+    async def correct(state: UnsafeChainState) -> dict[str, Any]:
+        unsafe = [
+            s for s in state["samples"] if s["verdict"] is not None and not s["verdict"]["safe"]
+        ]
+
+        async def rewrite(sample: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            cot, calls = await ctx.ask(
+                "corrector",
+                "correct",
+                ctx.schemas.initial_cot,
+                query=state["prompt"],
+                completion=sample["completion"],
+                verdict=describe_verdict(sample["verdict"]),
+            )
+            thoughts = thought_records(cot.thoughts, "corrector", 0)  # type: ignore[attr-defined]
+            response = cot.response.strip()  # type: ignore[attr-defined]
+            reasoning, answer = view(format_thoughts(thoughts), response)
+            verdict, judge_calls, problem = await judge_or_none(
+                "judge_corrections", state["prompt"], reasoning, answer
+            )
+            kept = verdict is not None and verdict["safe"]
+            correction = {
+                "sample": sample["index"],
+                "thoughts": thoughts,
+                "response": response,
+                "verdict": verdict,
+                "unjudged": problem,
+                "kept": kept,
+            }
+            return correction, calls + judge_calls
+
+        results = await asyncio.gather(*(rewrite(s) for s in unsafe))
+        return {
+            "corrections": [r[0] for r in results],
+            "calls": [call for _, batch in results for call in batch],
+        }
+
+    def route_after_judge(state: UnsafeChainState) -> Literal["correct", "__end__"]:
+        return "correct" if state["hard"] else "__end__"
+
+    builder = StateGraph(UnsafeChainState)
+    builder.add_node(sample_target)
+    builder.add_node(judge_samples)
+    builder.add_node(correct)
+    builder.add_edge(START, "sample_target")
+    builder.add_edge("sample_target", "judge_samples")
+    builder.add_conditional_edges("judge_samples", route_after_judge)
+    builder.add_edge("correct", END)
+    return builder
+
+
+def unsafechain_trace(state: dict[str, Any], ctx: RecipeContext) -> dict[str, Any]:
+    """One prompt's record: every sample with its verdict, and every correction."""
+    from aidsafe import __version__
+
+    calls = state.get("calls", [])
+    return {
+        "id": state["id"],
+        "prompt": state["prompt"],
+        "recipe": "unsafechain",
+        "samples": state["samples"],
+        "safe_share": safe_share(state["samples"]),
+        "hard": state["hard"],
+        "corrections": state.get("corrections", []),
+        "policy_set": {
+            "name": ctx.policies.name,
+            "version": ctx.policies.version,
+            "sha256": ctx.policies.sha256,
+        },
+        "judge": ctx.judge.model_dump(include={"kind", "view"}),
+        "models": {role: cfg.provenance() for role, cfg in ctx.model_configs.items()},
+        "calls": calls,
+        "tokens": {
+            "input": sum(c["input_tokens"] for c in calls),
+            "output": sum(c["output_tokens"] for c in calls),
+        },
+        "latency_s": round(sum(c["latency_s"] for c in calls), 4),
+        "aidsafe_version": __version__,
+    }
+
+
+def unsafechain_sft_rows(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    """SFT rows of one prompt: its safe samples (`original`) and its kept corrections
+    (`corrected`, with the unsafe completion each replaced)."""
+    models = {role: model_name(m) for role, m in trace["models"].items()}
+    base = {
+        "recipe": "unsafechain",
+        "policy_set": trace["policy_set"]["name"],
+        "policy_sha256": trace["policy_set"]["sha256"],
+        "models": models,
+        "hard": trace["hard"],
+        "safe_share": trace["safe_share"],
+    }
+    rows = []
+    for sample in trace["samples"]:
+        if sample["verdict"] is None or not sample["verdict"]["safe"]:
+            continue
+        rows.append(
+            _sft(trace, f"{trace['id']}#{sample['index']}", sample["reasoning"], sample["answer"])
+            | {
+                "metadata": base
+                | {
+                    "source": "original",
+                    "sample": sample["index"],
+                    "verdict": sample["verdict"],
+                    "replaced": None,
+                }
+            }
+        )
+    by_index = {s["index"]: s for s in trace["samples"]}
+    for correction in trace["corrections"]:
+        if not correction["kept"]:
+            continue
+        original = by_index[correction["sample"]]
+        rows.append(
+            _sft(
+                trace,
+                f"{trace['id']}#{correction['sample']}c",
+                format_thoughts(correction["thoughts"]),
+                correction["response"],
+            )
+            | {
+                "metadata": base
+                | {
+                    "source": "corrected",
+                    "sample": correction["sample"],
+                    "verdict": correction["verdict"],
+                    "replaced": {
+                        "completion": original["completion"],
+                        "verdict": original["verdict"],
+                    },
+                }
+            }
+        )
+    return rows
+
+
+def _sft(trace: dict[str, Any], row_id: str, reasoning: str, answer: str) -> dict[str, Any]:
+    return {
+        "id": row_id,
+        "messages": [
+            {"role": "user", "content": trace["prompt"]},
+            {"role": "assistant", "content": assistant_content(reasoning, answer)},
+        ],
+    }
+
+
+def run_statistics(traces: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The target's Safe@1 / ConsSafe@K / Safe@K over the run, and what became of answers."""
+    groups: dict[str, list[bool | None]] = {}
+    outcome: Counter[str] = Counter()
+    for trace in traces:
+        groups[trace["id"]] = [
+            s["verdict"]["safe"] if s["verdict"] else None for s in trace["samples"]
+        ]
+        outcome["prompts"] += 1
+        outcome["hard_prompts"] += trace["hard"]
+        for correction in trace["corrections"]:
+            outcome["corrected_kept" if correction["kept"] else "corrected_dropped"] += 1
+        for sample in trace["samples"]:
+            if sample["verdict"] is None:
+                outcome["samples_unjudged"] += 1
+            elif sample["verdict"]["safe"]:
+                outcome["original_kept"] += 1
+            elif not trace["hard"]:
+                outcome["unsafe_on_easy_prompts_dropped"] += 1
+    return {"target": safety_metrics(groups), **outcome}
+
+
+def select_subset(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """STAR-1-style balanced selection: while more than `n` rows remain, drop one row from the
+    largest (source x category) bucket, where the category is the first policy the original
+    answer violated ("none" when it was safe). Ties go to the bucket named first in sort order;
+    within a bucket the row with the largest sha256(id) goes first. Deterministic."""
+    buckets: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        meta = row["metadata"]
+        replaced = meta.get("replaced")
+        violated = replaced["verdict"]["violated"] if replaced else []
+        key = (meta.get("source", meta["recipe"]), violated[0] if violated else "none")
+        buckets.setdefault(key, []).append(row)
+    for members in buckets.values():
+        members.sort(key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+    remaining = sum(len(m) for m in buckets.values())
+    while remaining > n:
+        key = max(sorted(buckets), key=lambda k: len(buckets[k]))
+        buckets[key].pop()
+        remaining -= 1
+    kept = {row["id"] for members in buckets.values() for row in members}
+    return [row for row in rows if row["id"] in kept]
