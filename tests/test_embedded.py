@@ -75,3 +75,71 @@ def test_generate_sft_and_dpo_for_two_prompts_on_the_embedded_model(tmp_path: Pa
         assert set(row) == {"id", "prompt", "chosen", "rejected", "metadata"}
         assert row["metadata"]["belief"] not in row["prompt"][0]["content"]
         assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+
+
+def test_unsafechain_and_judge_on_the_embedded_model(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("unsafechain:\n  samples: 2\nmodels:\n  target:\n    max_tokens: 200\n")
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "aidsafe",
+        "generate",
+        str(EXAMPLES / "prompts.jsonl"),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--recipe",
+        "unsafechain",
+        "--config",
+        str(config),
+        "--quiet",
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr
+    assert "UnsafeChain: the target model, judged" in finished.stdout
+    traces = read_jsonl(out / "traces.jsonl")
+    failures = read_jsonl(out / "failures.jsonl")
+    assert len(traces) + len(failures) == 2
+    assert {f["reason"] for f in failures} <= {"malformed_output", "unjudged"}, failures
+    for trace in traces:
+        assert len(trace["samples"]) == 2 and all(s["completion"] for s in trace["samples"])
+    for row in read_jsonl(out / "sft.jsonl"):
+        assert row["metadata"]["source"] in ("original", "corrected")
+        assert row["messages"][1]["content"].startswith("<think>\n")
+
+    if not traces:
+        return  # nothing to judge again
+    # the same samples, judged again by `aidsafe judge`, give a summary with every metric
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(
+        "".join(
+            json.dumps({"prompt": t["prompt"], "response": s["completion"], "group": t["id"]})
+            + "\n"
+            for t in traces
+            for s in t["samples"]
+        )
+    )
+    judged = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aidsafe",
+            "judge",
+            str(samples),
+            "--out",
+            str(tmp_path / "j"),
+            "--group-field",
+            "group",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert judged.returncode == 0, judged.stderr
+    summary = json.loads((tmp_path / "j" / "summary.json").read_text())
+    total = summary["overall"]["samples_judged"] + summary["overall"]["samples_unjudged"]
+    assert total == 2 * len(traces)
