@@ -218,7 +218,9 @@ def test_export_formats_load_as_datasets(
     assert json.dumps(loaded[0]["metadata"])  # provenance rides along in its own column
 
 
-@pytest.mark.parametrize("name", ["openai.yaml", "vllm-serve.yaml", "llama-server.yaml"])
+@pytest.mark.parametrize(
+    "name", ["openai.yaml", "vllm-serve.yaml", "llama-server.yaml", "unsafechain.yaml"]
+)
 def test_example_configs_are_valid(name: str) -> None:
     from aidsafe.config import load_config
 
