@@ -225,7 +225,7 @@ def test_example_configs_are_valid(name: str) -> None:
     from aidsafe.config import load_config
 
     config = load_config(EXAMPLES / name)
-    assert config.model_for("refiner").backend == "openai"
+    assert {config.model_for(role).backend for role in config.roles()} == {"openai"}
 
 
 @pytest.mark.parametrize("which", ["aidsafe", "belief", "baseline", "unsafechain"])
