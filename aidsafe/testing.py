@@ -114,16 +114,20 @@ def example_instance(schema: dict[str, Any], root: dict[str, Any] | None = None)
 
 class StubOpenAIServer:
     """A loopback OpenAI-compatible chat server that answers every structured request (tool call
-    or json_schema response_format) with a schema-valid instance. For tests and benchmarks only:
+    or json_schema response_format) with a schema-valid instance, and any other request with
+    `plain_answer`. For tests and benchmarks only:
     `latency` delays every answer; `fail_first` answers the first N requests with HTTP 503."""
 
-    def __init__(self, latency: float = 0.0, fail_first: int = 0) -> None:
+    def __init__(
+        self, latency: float = 0.0, fail_first: int = 0, plain_answer: str = "stub answer"
+    ) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         stub = self
         self.latency = latency
         self.fail_first = fail_first
+        self.plain_answer = plain_answer  # the text of answers to unstructured requests
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
@@ -166,7 +170,7 @@ class StubOpenAIServer:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": "stub answer"}
+        message: dict[str, Any] = {"role": "assistant", "content": self.plain_answer}
         tools = request.get("tools") or []
         response_format = request.get("response_format") or {}
         if tools:

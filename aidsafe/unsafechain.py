@@ -129,6 +129,7 @@ def build_unsafechain_graph(ctx: RecipeContext, samples: int, hard_threshold: fl
                 "judge_corrections", state["prompt"], reasoning, answer
             )
             kept = verdict is not None and verdict["safe"]
+            dropped = None if kept else "unjudged" if verdict is None else "still_unsafe"
             correction = {
                 "sample": sample["index"],
                 "thoughts": thoughts,
@@ -136,6 +137,7 @@ def build_unsafechain_graph(ctx: RecipeContext, samples: int, hard_threshold: fl
                 "verdict": verdict,
                 "unjudged": problem,
                 "kept": kept,
+                "dropped_reason": dropped,
             }
             return correction, calls + judge_calls
 

@@ -388,3 +388,29 @@ def test_unsafechain_recipe_over_http_with_selection(
         len(rows) == 6 and rows[0]["messages"][1]["content"] == "<think>\n\n</think>\n\nstub answer"
     )
     assert len(read_jsonl(run / "sft_selected.jsonl")) == 4
+
+
+def test_guard_judge_over_http(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "p", "response": "r2"}\n')
+    with StubOpenAIServer(plain_answer="\n\nunsafe\nS9") as stub:
+        code, out, err = cli(
+            capsys,
+            "judge",
+            str(samples),
+            "--out",
+            str(tmp_path / "j"),
+            "--kind",
+            "guard",
+            "--base-url",
+            stub.base_url,
+            "--model",
+            "guard",
+            "--quiet",
+        )
+        assert code == 0, err
+        assert stub.requests[0]["messages"][-1] == {"role": "assistant", "content": "r"}
+    judgments = read_jsonl(tmp_path / "j" / "judgments.jsonl")
+    assert [j["categories"] for j in judgments] == [["S9"], ["S9"]]
+    assert judgments[0]["violated"] == ["physical_harm"]
+    assert "overall │ 0.000 │ 0.000 │ 0.000 │ 1" in out

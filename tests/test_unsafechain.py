@@ -69,6 +69,7 @@ async def test_correction_still_unsafe_is_dropped_with_its_reason(tmp_path: Path
     assert read_jsonl(tmp_path / "run" / "sft.jsonl") == []
     trace = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]
     assert [c["kept"] for c in trace["corrections"]] == [False] * 3
+    assert {c["dropped_reason"] for c in trace["corrections"]} == {"still_unsafe"}
     assert trace["corrections"][0]["verdict"]["safe"] is False
     assert summary.recipe_stats["corrected_dropped"] == 3
 
