@@ -423,6 +423,192 @@ def print_judge_summary(summary: Any) -> None:
     )
 
 
+@app.command()
+def grade(
+    input: Annotated[
+        str,
+        typer.Argument(help="A run directory, or a dataset in AIDSAFE's released layout."),
+    ],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (datasets only).")
+    ] = None,
+    config: ConfigOption = None,
+    policies: Annotated[str | None, typer.Option(help="Policy YAML file or set name.")] = None,
+    prompt_field: Annotated[str, typer.Option(help="Dataset column with the prompt.")] = "prompt",
+    cot_field: Annotated[
+        str | None,
+        typer.Option(help="Dataset column with the CoT (default: refined_thoughts or thoughts)."),
+    ] = None,
+    response_field: Annotated[
+        str, typer.Option(help="Dataset column with the response.")
+    ] = "response",
+    id_field: Annotated[str | None, typer.Option(help="Dataset column with a row id.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split of a HF dataset.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Grade only the first N rows.")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Rows in flight at once.")] = None,
+    backend: Annotated[str | None, typer.Option(help="Grader backend.")] = None,
+    model: Annotated[str | None, typer.Option(help="Grader model name (or GGUF path).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Env var holding the API key.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Grader changed: move old grades aside.")
+    ] = False,
+) -> None:
+    """Score rows 1-5 on the paper's six CoT metrics with the grader model."""
+    from aidsafe.config import load_config
+    from aidsafe.grading import (
+        dataset_items,
+        grade_items,
+        is_run_directory,
+        pick_cot_field,
+        run_items,
+    )
+    from aidsafe.inputs import PromptSource
+    from aidsafe.rundir import RunDirectory
+
+    overrides: dict[str, Any] = {
+        "policies": policies,
+        "concurrency": concurrency,
+        "input": {"split": split},
+        **_model_overrides(backend, model, base_url, api_key_env, None, None),
+    }
+    if is_run_directory(Path(input)):
+        run = RunDirectory(input)
+        made_with = (run.manifest() or {}).get("policy_set", {}).get("path")
+        overrides["policies"] = policies or made_with
+        settings = load_config(config, overrides)
+        items = run_items(run)
+        target = RunDirectory(out_dir) if out_dir else run
+    else:
+        if out_dir is None:
+            raise UserError(f"{input}: not a run directory; give --out to grade a dataset")
+        settings = load_config(config, overrides)
+        probe = PromptSource(input, prompt_field=prompt_field, split=settings.input.split)
+        cot = cot_field or pick_cot_field(probe)
+        source = PromptSource(
+            input,
+            prompt_field=prompt_field,
+            id_field=id_field or "id",
+            split=settings.input.split,
+            id_field_required=id_field is not None,
+            text_fields={cot: "--cot-field", response_field: "--response-field"},
+        )
+        source.check()
+        items = dataset_items(source, cot, response_field)
+        target = RunDirectory(out_dir)
+    summary = asyncio.run(grade_items(items, target, settings, force=force, limit=limit))
+    table = Table(title=f"grades ({summary.summary['grader']})")
+    for column in ("metric", "mean", "95% CI", "graded", "unparseable"):
+        table.add_column(column)
+    for metric, stats in summary.summary["metrics"].items():
+        ci = stats["ci95"]
+        table.add_row(
+            metric,
+            _rate(stats["mean"]),
+            f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a",
+            str(stats["n_graded"]),
+            str(stats["n_unparseable"]),
+        )
+    out.print(table)
+    out.print(
+        f"This run: {summary.graded_now} rows graded, {summary.skipped} graded earlier. "
+        f"Grades in {escape(summary.out)}: grades.jsonl, grades_summary.json"
+    )
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Graded run directories; the first is the reference.")
+    ],
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the numbers as JSON.")
+    ] = None,
+) -> None:
+    """Compare graded runs: metrics with CIs, paired differences and win rates, cost."""
+    import json as jsonlib
+
+    from aidsafe.grading import METRICS
+    from aidsafe.report import comparison, html_report, load_run
+
+    if len(runs) < 2:
+        raise UserError("compare needs at least two run directories")
+    stats = [load_run(path) for path in runs]
+    data = comparison(stats)
+    table = Table(title=f"comparison (differences and win rates against {stats[0].name})")
+    table.add_column("")
+    for run in stats:
+        table.add_column(f"{run.name}\n({run.recipe})")
+
+    def fmt(value: Any, digits: int = 2) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    for metric in METRICS:
+        cells = []
+        for run in stats:
+            metric_stats = run.summary["metrics"][metric]
+            ci = metric_stats["ci95"]
+            text = fmt(metric_stats["mean"]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+            versus = data["versus_first"].get(run.name, {}).get(metric)
+            if versus:
+                d_ci = versus["difference_ci95"]
+                text += f"\nΔ {fmt(versus['difference'])}" + (
+                    f" [{fmt(d_ci[0])}, {fmt(d_ci[1])}]" if d_ci else ""
+                )
+                text += f"\nwin {fmt(versus['win_rate'])} (n={versus['common_rows']})"
+            cells.append(text)
+        table.add_row(metric, *cells)
+    table.add_row("rows", *(str(run.rows) for run in stats))
+    table.add_row("wall time (s)", *(fmt(run.wall_s, 1) for run in stats))
+    for role in sorted({role for run in stats for role in run.tokens_per_row}):
+        table.add_row(
+            f"tokens/row: {role}",
+            *(
+                fmt(run.tokens_per_row.get(role), 0) if role in run.tokens_per_row else "-"
+                for run in stats
+            ),
+        )
+    table.add_row(
+        "mean rounds", *(fmt(sum(r.rounds) / len(r.rounds)) if r.rounds else "-" for r in stats)
+    )
+    table.add_row("ended by agreement", *(fmt(r.agreed_share) for r in stats))
+    for reason in ("repetitive", "redundant", "deceptive", "policy_inconsistent"):
+        table.add_row(
+            f"removed/row: {reason}",
+            *(fmt(r.removed_per_row.get(reason)) if r.rounds else "-" for r in stats),
+        )
+    out.print(table)
+    if html_out is not None:
+        html_out.write_text(html_report(stats, data), encoding="utf-8")
+        out.print(f"HTML report: {escape(str(html_out))}")
+    if json_out is not None:
+        json_out.write_text(jsonlib.dumps(data, indent=2), encoding="utf-8")
+
+
+@app.command("filter")
+def filter_rows(
+    run_dir: Annotated[Path, typer.Argument(help="A graded run directory.")],
+    minimum: Annotated[float, typer.Option("--min", help="Lowest score a kept row may have.")],
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="Metric to check (repeat; default: all).")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write.")] = None,
+) -> None:
+    """Keep the SFT rows whose grades reach --min (on every chosen metric)."""
+    from aidsafe.grading import METRICS, filter_run
+    from aidsafe.rundir import RunDirectory
+
+    target, kept, dropped = filter_run(
+        RunDirectory(run_dir), minimum, metric or list(METRICS), output
+    )
+    out.print(f"Kept {kept} rows in {escape(str(target))}; dropped {sum(dropped.values())}")
+    for reason, count in dropped.items():
+        out.print(f"  dropped {reason}: {count}")
+
+
 @policies_app.command("validate")
 def policies_validate(
     path: Annotated[str, typer.Argument(help="Policy YAML file or shipped set name.")],

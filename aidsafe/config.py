@@ -27,12 +27,12 @@ BASELINE_ROLE = "baseline"
 BELIEF_ROLES = ("judge", "whisperer", "generator")
 # UnsafeChain: the target model that answers, the corrector that rewrites unsafe answers.
 UNSAFECHAIN_ROLES = ("target", "judge", "corrector")
-FIXED_ROLES = (*AIDSAFE_ROLES, BASELINE_ROLE, *BELIEF_ROLES, "target", "corrector")
+FIXED_ROLES = (*AIDSAFE_ROLES, BASELINE_ROLE, *BELIEF_ROLES, "target", "corrector", "grader")
 _DELIBERATOR_ROLE = re.compile(r"^deliberator(_[1-9][0-9]*)?$")
 # Temperatures from RECIPES.md, used when no layer of the config sets one.
 ROLE_TEMPERATURE = {"decomposer": 0.7, "drafter": 0.7, "deliberator": 0.7, "refiner": 0.0}
 ROLE_TEMPERATURE |= {"whisperer": 0.9, "generator": 0.7, "judge": 0.0, "baseline": 0.7}
-ROLE_TEMPERATURE |= {"target": 0.7, "corrector": 0.3}
+ROLE_TEMPERATURE |= {"target": 0.7, "corrector": 0.3, "grader": 0.0}
 
 
 class ModelConfig(BaseModel):

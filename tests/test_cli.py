@@ -414,3 +414,62 @@ def test_guard_judge_over_http(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert [j["categories"] for j in judgments] == [["S9"], ["S9"]]
     assert judgments[0]["violated"] == ["physical_harm"]
     assert "overall │ 0.000 │ 0.000 │ 0.000 │ 1" in out
+
+
+def test_grade_compare_filter_over_http(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, prompts: Path
+) -> None:
+    with StubOpenAIServer() as stub:
+        flags = ["--base-url", stub.base_url, "--model", "stub"]
+        for recipe in ("baseline", "aidsafe"):
+            code, _, err = cli(
+                capsys,
+                "generate",
+                str(prompts),
+                "--out",
+                str(tmp_path / recipe),
+                "--recipe",
+                recipe,
+                "--quiet",
+                *flags,
+            )
+            assert code == 0, err
+        code, out, err = cli(
+            capsys, "compare", str(tmp_path / "baseline"), str(tmp_path / "aidsafe")
+        )
+        assert code == 2 and "not graded yet" in err
+        for recipe in ("baseline", "aidsafe"):
+            code, out, err = cli(capsys, "grade", str(tmp_path / recipe), *flags)
+            assert code == 0, err
+            assert "relevance │ 1.000 │ [1.00, 1.00] │ 2 │ 0" in out  # the stub's minimum
+        # AIDSAFE's released layout, from a CSV
+        released = tmp_path / "released.csv"
+        released.write_text("prompt,thoughts,response\nhi,be kind,hello\nbye,be brief,goodbye\n")
+        code, out, err = cli(capsys, "grade", str(released), "--out", str(tmp_path / "ext"), *flags)
+        assert code == 0, err
+        assert "2 rows graded" in out
+        code, _, err = cli(capsys, "grade", str(released), *flags)
+        assert code == 2 and "give --out to grade a dataset" in err
+    report = tmp_path / "report.html"
+    code, out, err = cli(
+        capsys,
+        "compare",
+        str(tmp_path / "baseline"),
+        str(tmp_path / "aidsafe"),
+        "--html",
+        str(report),
+        "--json",
+        str(tmp_path / "c.json"),
+    )
+    assert code == 0, err
+    assert "win 0.50 (n=2)" in out and "ended by agreement" in out
+    page = report.read_text()
+    for expected in ("baseline", "aidsafe", "faithfulness_cot_response", "<svg"):
+        assert expected in page
+    assert json.loads((tmp_path / "c.json").read_text())["baseline_run"] == "baseline"
+    code, out, _ = cli(capsys, "filter", str(tmp_path / "aidsafe"), "--min", "2")
+    assert code == 0 and "Kept 0 rows" in out and "dropped below_min:relevance: 2" in out
+    code, out, _ = cli(
+        capsys, "filter", str(tmp_path / "aidsafe"), "--min", "1", "--metric", "coherence"
+    )
+    assert code == 0 and "Kept 2 rows" in out

@@ -1,0 +1,268 @@
+"""Side-by-side comparison of graded runs: metric means with CIs, paired differences and win
+rates on common rows, cost and deliberation statistics; as data, and as a self-contained HTML
+report with inline SVG plots (no network, no scripts)."""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aidsafe.errors import UserError
+from aidsafe.grading import GRADES, METRICS, summarize_grades
+from aidsafe.rundir import RunDirectory, read_jsonl
+from aidsafe.stats import bootstrap_ci, mean, win_rate
+
+REMOVAL_REASONS = ("repetitive", "redundant", "deceptive", "policy_inconsistent")
+
+
+@dataclass
+class RunStats:
+    name: str
+    recipe: str
+    scores: dict[str, dict[str, int | None]]  # row id -> metric -> score
+    summary: dict[str, Any]
+    rows: int
+    wall_s: float
+    tokens_per_row: dict[str, float]
+    rounds: list[int] = field(default_factory=list)
+    agreed_share: float | None = None
+    removed_per_row: dict[str, float] = field(default_factory=dict)
+
+
+def load_run(path: Path) -> RunStats:
+    run = RunDirectory(path)
+    manifest = run.manifest()
+    if manifest is None:
+        raise UserError(f"{path}: not a run directory (no manifest.json)")
+    if not run.path(GRADES).exists():
+        raise UserError(f"{path}: not graded yet; run `aidsafe grade {path}` first")
+    grades = list(read_jsonl(run.path(GRADES)))
+    scores = {
+        row["id"]: {m: (g["score"] if g else None) for m, g in row["scores"].items()}
+        for row in grades
+    }
+    traces = list(read_jsonl(run.path("traces.jsonl")))
+    tokens: Counter[str] = Counter()
+    for trace in traces:
+        for call in trace.get("calls", []):
+            tokens[call["role"]] += call["input_tokens"] + call["output_tokens"]
+    rows = len(traces)
+    deliberative = [t for t in traces if "deliberation" in t]
+    removed: Counter[str] = Counter()
+    for trace in deliberative:
+        removed.update(r["reason"] for r in trace["removed"])
+    return RunStats(
+        name=path.name or str(path),
+        recipe=str(manifest.get("config", {}).get("recipe", "?")),
+        scores=scores,
+        summary=summarize_grades(iter(grades)),
+        rows=rows,
+        wall_s=sum(r.get("wall_s", 0.0) for r in manifest.get("runs", [])),
+        tokens_per_row={role: n / rows for role, n in sorted(tokens.items())} if rows else {},
+        rounds=[t["deliberation"]["rounds"] for t in deliberative],
+        agreed_share=mean([float(t["deliberation"]["agreed"]) for t in deliberative]),
+        removed_per_row={
+            reason: removed[reason] / len(deliberative) if deliberative else 0.0
+            for reason in REMOVAL_REASONS
+        },
+    )
+
+
+def paired(a: RunStats, b: RunStats, metric: str) -> list[tuple[float, float]]:
+    """Scores of rows graded in both runs, matched by id."""
+    pairs = []
+    for row_id, scores in a.scores.items():
+        other = b.scores.get(row_id)
+        if other is None:
+            continue
+        left, right = scores.get(metric), other.get(metric)
+        if left is not None and right is not None:
+            pairs.append((float(left), float(right)))
+    return pairs
+
+
+def comparison(runs: list[RunStats]) -> dict[str, Any]:
+    """Every number of the report. Differences and win rates are each run against the first."""
+    base = runs[0]
+    versus: dict[str, dict[str, Any]] = {}
+    for run in runs[1:]:
+        versus[run.name] = {}
+        for metric in METRICS:
+            pairs = paired(run, base, metric)
+            differences = [x - y for x, y in pairs]
+            versus[run.name][metric] = {
+                "common_rows": len(pairs),
+                "difference": mean(differences),
+                "difference_ci95": bootstrap_ci(differences),
+                "win_rate": win_rate(pairs),
+            }
+    return {
+        "baseline_run": base.name,
+        "runs": [
+            {
+                "name": run.name,
+                "recipe": run.recipe,
+                "rows": run.rows,
+                "metrics": run.summary["metrics"],
+                "wall_s": run.wall_s,
+                "tokens_per_row": run.tokens_per_row,
+                "rounds_mean": mean([float(r) for r in run.rounds]),
+                "agreed_share": run.agreed_share,
+                "removed_per_row": run.removed_per_row,
+            }
+            for run in runs
+        ],
+        "versus_first": versus,
+    }
+
+
+# --- HTML ----------------------------------------------------------------------------------
+
+COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+
+
+def _bars(
+    title: str,
+    groups: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float | None]]],
+    errors: Sequence[Sequence[tuple[float, float] | None]] | None = None,
+    top: float | None = None,
+) -> str:
+    """A grouped bar chart as inline SVG; optional error bars (low, high) per bar."""
+    width, height, left, bottom = 720, 260, 40, 60
+    plot_w, plot_h = width - left - 10, height - bottom - 30
+    values = [v for _, vs in series for v in vs if v is not None]
+    top = top or (max(values) * 1.1 if values else 1.0) or 1.0
+    slot = plot_w / max(1, len(groups))
+    bar = slot * 0.8 / max(1, len(series))
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'role="img" aria-label="{html.escape(title)}">',
+        f'<text x="{left}" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
+        f'<line x1="{left}" y1="{30 + plot_h}" x2="{width - 10}" y2="{30 + plot_h}" '
+        'stroke="#333"/>',
+        f'<text x="4" y="34" font-size="10">{top:.2f}</text>',
+        f'<text x="4" y="{30 + plot_h}" font-size="10">0</text>',
+    ]
+    for g, group in enumerate(groups):
+        x0 = left + g * slot + slot * 0.1
+        parts.append(
+            f'<text x="{x0}" y="{height - bottom + 44}" font-size="10" '
+            f'transform="rotate(20 {x0} {height - bottom + 44})">{html.escape(group)}</text>'
+        )
+        for s, (name, vs) in enumerate(series):
+            value = vs[g]
+            if value is None:
+                continue
+            h = plot_h * value / top
+            x = x0 + s * bar
+            colour = COLOURS[s % len(COLOURS)]
+            parts.append(
+                f'<rect x="{x:.1f}" y="{30 + plot_h - h:.1f}" width="{bar:.1f}" '
+                f'height="{h:.1f}" fill="{colour}"><title>'
+                f"{html.escape(name)} {html.escape(group)}: {value:.3f}</title></rect>"
+            )
+            interval = errors[s][g] if errors else None
+            if interval is not None:
+                cx = x + bar / 2
+                y_low, y_high = (30 + plot_h - plot_h * v / top for v in interval)
+                parts.append(
+                    f'<line x1="{cx:.1f}" y1="{y_low:.1f}" x2="{cx:.1f}" y2="{y_high:.1f}" '
+                    'stroke="#000"/>'
+                )
+    for s, (name, _) in enumerate(series):
+        parts.append(
+            f'<rect x="{width - 200}" y="{8 + 14 * s}" width="10" height="10" '
+            f'fill="{COLOURS[s % len(COLOURS)]}"/><text x="{width - 185}" y="{17 + 14 * s}" '
+            f'font-size="11">{html.escape(name)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _count(run: RunStats, metric: str, score: int) -> int:
+    return sum(1 for scores in run.scores.values() if scores.get(metric) == score)
+
+
+def html_report(runs: list[RunStats], data: dict[str, Any]) -> str:
+    names = [run.name for run in runs]
+    means = [(r.name, [r.summary["metrics"][m]["mean"] for m in METRICS]) for r in runs]
+    cis: list[list[tuple[float, float] | None]] = [
+        [(ci[0], ci[1]) if (ci := r.summary["metrics"][m]["ci95"]) else None for m in METRICS]
+        for r in runs
+    ]
+    charts = [
+        _bars("Metric means with 95% CI (1-5)", list(METRICS), means, cis, top=5.0),
+    ]
+    for metric in METRICS:
+        counts = [
+            (
+                r.name,
+                [
+                    float(sum(1 for s in r.scores.values() if s.get(metric) == k))
+                    for k in range(1, 6)
+                ],
+            )
+            for r in runs
+        ]
+        charts.append(_bars(f"Score distribution: {metric}", ["1", "2", "3", "4", "5"], counts))
+    most = max((max(r.rounds) for r in runs if r.rounds), default=0)
+    if most:
+        histogram = [(r.name, [float(r.rounds.count(k)) for k in range(most + 1)]) for r in runs]
+        charts.append(
+            _bars("Deliberation rounds used", [str(k) for k in range(most + 1)], histogram)
+        )
+    roles = sorted({role for r in runs for role in r.tokens_per_row})
+    tokens = [(r.name, [r.tokens_per_row.get(role, 0.0) for role in roles]) for r in runs]
+    charts.append(_bars("Tokens per row, by stage (role)", roles, tokens))
+
+    def fmt(value: Any, digits: int = 2) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows = []
+    for metric in METRICS:
+        cells = []
+        for run in runs:
+            stats = run.summary["metrics"][metric]
+            ci = stats["ci95"]
+            text = fmt(stats["mean"]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+            versus = data["versus_first"].get(run.name, {}).get(metric)
+            if versus:
+                d_ci = versus["difference_ci95"]
+                text += (
+                    f"<br><small>Δ {fmt(versus['difference'])}"
+                    + (f" [{fmt(d_ci[0])}, {fmt(d_ci[1])}]" if d_ci else "")
+                    + f", win {fmt(versus['win_rate'])} on {versus['common_rows']}</small>"
+                )
+            cells.append(f"<td>{text}</td>")
+        rows.append(f"<tr><th>{metric}</th>{''.join(cells)}</tr>")
+    for label, values in (
+        ("rows", [str(r.rows) for r in runs]),
+        ("wall time (s)", [fmt(r.wall_s, 1) for r in runs]),
+        ("tokens per row", [fmt(sum(r.tokens_per_row.values()), 0) for r in runs]),
+        ("mean rounds", [fmt(mean([float(x) for x in r.rounds])) for r in runs]),
+        ("ended by agreement", [fmt(r.agreed_share) for r in runs]),
+    ):
+        rows.append(f"<tr><th>{label}</th>{''.join(f'<td>{v}</td>' for v in values)}</tr>")
+    for reason in REMOVAL_REASONS:
+        values = [fmt(r.removed_per_row.get(reason)) for r in runs]
+        rows.append(
+            f"<tr><th>removed per row: {reason}</th>{''.join(f'<td>{v}</td>' for v in values)}</tr>"
+        )
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:900px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:left;vertical-align:top}svg{display:block;margin:1.5em 0}"
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>aidsafe comparison</title>"
+        f"<style>{style}</style></head><body><h1>aidsafe comparison</h1>"
+        f"<p>Differences (Δ) and paired win rates are against <b>{html.escape(names[0])}</b>, "
+        "on rows graded in both runs. Intervals are 95% bootstrap CIs.</p>"
+        f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>{''.join(charts)}</body></html>"
+    )
