@@ -20,16 +20,16 @@ demo: setup
 	$(BIN)/aidsafe generate examples/prompts.jsonl --out runs/demo
 
 lint: setup
-	$(BIN)/ruff check aidsafe tests graphs
-	$(BIN)/ruff format --check aidsafe tests graphs
+	$(BIN)/ruff check aidsafe tests graphs benchmarks
+	$(BIN)/ruff format --check aidsafe tests graphs benchmarks
 	$(BIN)/mypy aidsafe
 
 test: lint
 	$(BIN)/pytest
 
 format: setup
-	$(BIN)/ruff check --fix aidsafe tests graphs
-	$(BIN)/ruff format aidsafe tests graphs
+	$(BIN)/ruff check --fix aidsafe tests graphs benchmarks
+	$(BIN)/ruff format aidsafe tests graphs benchmarks
 
 clean:
 	rm -rf $(VENV) runs .mypy_cache .ruff_cache .pytest_cache
