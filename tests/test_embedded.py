@@ -143,3 +143,38 @@ def test_unsafechain_and_judge_on_the_embedded_model(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "j" / "summary.json").read_text())
     total = summary["overall"]["samples_judged"] + summary["overall"]["samples_unjudged"]
     assert total == 2 * len(traces)
+
+
+def test_baseline_and_aidsafe_graded_and_compared_on_the_embedded_model(tmp_path: Path) -> None:
+    def aidsafe(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "aidsafe", *args], capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    for recipe in ("baseline", "aidsafe"):
+        aidsafe(
+            "generate",
+            str(EXAMPLES / "prompts.jsonl"),
+            "--out",
+            str(tmp_path / recipe),
+            "--recipe",
+            recipe,
+            "--limit",
+            "2",
+            "--quiet",
+        )
+        if not read_jsonl(tmp_path / recipe / "sft.jsonl"):
+            pytest.skip(f"the 135M model finished no {recipe} row this time")
+        aidsafe("grade", str(tmp_path / recipe))
+        summary = json.loads((tmp_path / recipe / "grades_summary.json").read_text())
+        for stats in summary["metrics"].values():
+            assert stats["n_graded"] + stats["n_unparseable"] == summary["rows"]
+            assert stats["mean"] is None or 1 <= stats["mean"] <= 5
+    report = tmp_path / "report.html"
+    compared = aidsafe(
+        "compare", str(tmp_path / "baseline"), str(tmp_path / "aidsafe"), "--html", str(report)
+    )
+    assert "faithfulness_policy_cot" in compared.stdout
+    assert "baseline" in report.read_text() and "aidsafe" in report.read_text()
