@@ -119,7 +119,11 @@ class StubOpenAIServer:
     `latency` delays every answer; `fail_first` answers the first N requests with HTTP 503."""
 
     def __init__(
-        self, latency: float = 0.0, fail_first: int = 0, plain_answer: str = "stub answer"
+        self,
+        latency: float = 0.0,
+        fail_first: int = 0,
+        plain_answer: str = "stub answer",
+        port: int = 0,
     ) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -161,8 +165,14 @@ class StubOpenAIServer:
                     return
                 self._send(200, stub.answer(request))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 1024  # hundreds of requests in flight must not be refused
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that hung up mid-answer (an interrupted run) is no error here
+
+        self.server = Server(("127.0.0.1", port), Handler)
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -212,3 +222,11 @@ class StubOpenAIServer:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def serve_stub(port: int = 0, latency: float = 0.0) -> None:
+    """Run the stub server in this process until killed; prints its base URL first.
+    `python -c "from aidsafe.testing import serve_stub; serve_stub(8000, 0.2)"`"""
+    stub = StubOpenAIServer(latency=latency, port=port)
+    print(stub.base_url, flush=True)
+    stub.server.serve_forever()

@@ -252,8 +252,19 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path: Path) -> 
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["runs"][-1]["interrupted"] is True
 
-        again = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        assert again.returncode == 0, again.stderr
+        again = subprocess.Popen(
+            [sys.executable, "-X", "faulthandler", *command[1:]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _, err = again.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            again.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+            _, err = again.communicate()
+            pytest.fail(f"the resumed run hung; its threads:\n{err[-8000:]}")
+        assert again.returncode == 0, err
         requests = len(stub.requests)
     traces = read_jsonl(run / "traces.jsonl")
     assert sorted(t["id"] for t in traces) == [f"p{n}" for n in range(6)]
