@@ -51,7 +51,7 @@ def load_run(path: Path) -> RunStats:
         for call in trace.get("calls", []):
             tokens[call["role"]] += call["input_tokens"] + call["output_tokens"]
     rows = len(traces)
-    deliberative = [t for t in traces if "deliberation" in t]
+    deliberative = [t for t in traces if t.get("recipe") == "aidsafe"]
     removed: Counter[str] = Counter()
     for trace in deliberative:
         removed.update(r["reason"] for r in trace["removed"])
