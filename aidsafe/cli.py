@@ -27,6 +27,21 @@ app.add_typer(policies_app, name="policies")
 out = Console()
 err = Console(stderr=True)
 
+LimitOption = Annotated[int | None, typer.Option(min=1, help="Use only the first N rows.")]
+ConcurrencyOption = Annotated[
+    int | None, typer.Option(min=1, help="Rows in flight at once (default: 4).")
+]
+BackendOption = Annotated[
+    str | None, typer.Option(help="Backend of every role's model: local or openai.")
+]
+ModelOption = Annotated[str | None, typer.Option(help="Every role's model name (or GGUF path).")]
+BaseUrlOption = Annotated[
+    str | None, typer.Option(help="OpenAI-compatible endpoint for every role.")
+]
+ApiKeyEnvOption = Annotated[
+    str | None, typer.Option(help="Env var holding the API key (default: OPENAI_API_KEY).")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file (see examples/).")
 ]
@@ -57,20 +72,12 @@ def generate(
     split: Annotated[
         str | None, typer.Option(help="Split of a HF dataset (default: train).")
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N rows.")] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(min=1, help="Prompts in flight at once (default: 4).")
-    ] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="Default model backend: local or openai.")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Default model name (or GGUF path).")] = None,
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible endpoint for every role.")
-    ] = None,
-    api_key_env: Annotated[
-        str | None, typer.Option(help="Env var holding the API key (default: OPENAI_API_KEY).")
-    ] = None,
+    limit: LimitOption = None,
+    concurrency: ConcurrencyOption = None,
+    backend: BackendOption = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     temperature: Annotated[
         float | None, typer.Option(help="Temperature for every role without its own setting.")
     ] = None,
@@ -85,7 +92,7 @@ def generate(
         int | None,
         typer.Option(min=1, help="Also write sft_selected.jsonl: a balanced subset of N rows."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Run a recipe over prompts and write traces, SFT rows, failures and a manifest."""
     from aidsafe.config import load_config
@@ -192,12 +199,12 @@ def dpo(
     policies: Annotated[
         str | None, typer.Option(help="Policy set (default: the one the run was made with).")
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Pair only the first N rows.")] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="Rows in flight at once.")] = None,
-    backend: Annotated[str | None, typer.Option(help="Default model backend.")] = None,
-    model: Annotated[str | None, typer.Option(help="Default model name (or GGUF path).")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")] = None,
-    api_key_env: Annotated[str | None, typer.Option(help="Env var holding the API key.")] = None,
+    limit: LimitOption = None,
+    concurrency: ConcurrencyOption = None,
+    backend: BackendOption = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     temperature: Annotated[float | None, typer.Option(help="Temperature for every role.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Max tokens per answer.")] = None,
     force: Annotated[
@@ -206,7 +213,7 @@ def dpo(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Try the rows in dpo_failures.jsonl again.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Make DPO pairs from an existing run's finished rows, without regenerating them."""
     from aidsafe.config import load_config
@@ -336,16 +343,16 @@ def judge(
     split: Annotated[str | None, typer.Option(help="Split of a HF dataset.")] = None,
     kind: Annotated[str | None, typer.Option(help="Judge kind: policy or guard.")] = None,
     view: Annotated[str | None, typer.Option(help="What is judged: full, cot or answer.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Judge only the first N rows.")] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="Rows in flight at once.")] = None,
-    backend: Annotated[str | None, typer.Option(help="Judge model backend.")] = None,
-    model: Annotated[str | None, typer.Option(help="Judge model name (or GGUF path).")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")] = None,
-    api_key_env: Annotated[str | None, typer.Option(help="Env var holding the API key.")] = None,
+    limit: LimitOption = None,
+    concurrency: ConcurrencyOption = None,
+    backend: BackendOption = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Judge config changed: move old judgments aside.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Label prompt/response pairs with the safety judge; report Safe@1, ConsSafe@K, Safe@K."""
     from aidsafe.config import load_config
@@ -444,12 +451,12 @@ def grade(
     ] = "response",
     id_field: Annotated[str | None, typer.Option(help="Dataset column with a row id.")] = None,
     split: Annotated[str | None, typer.Option(help="Split of a HF dataset.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Grade only the first N rows.")] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="Rows in flight at once.")] = None,
-    backend: Annotated[str | None, typer.Option(help="Grader backend.")] = None,
-    model: Annotated[str | None, typer.Option(help="Grader model name (or GGUF path).")] = None,
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint.")] = None,
-    api_key_env: Annotated[str | None, typer.Option(help="Env var holding the API key.")] = None,
+    limit: LimitOption = None,
+    concurrency: ConcurrencyOption = None,
+    backend: BackendOption = None,
+    model: ModelOption = None,
+    base_url: BaseUrlOption = None,
+    api_key_env: ApiKeyEnvOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Grader changed: move old grades aside.")
     ] = False,
