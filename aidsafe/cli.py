@@ -539,7 +539,7 @@ def compare(
     import json as jsonlib
 
     from aidsafe.grading import METRICS
-    from aidsafe.report import comparison, html_report, load_run
+    from aidsafe.report import comparison, fmt, html_report, load_run, metric_text
 
     if len(runs) < 2:
         raise UserError("compare needs at least two run directories")
@@ -550,24 +550,8 @@ def compare(
     for run in stats:
         table.add_column(f"{run.name}\n({run.recipe})")
 
-    def fmt(value: Any, digits: int = 2) -> str:
-        return "n/a" if value is None else f"{value:.{digits}f}"
-
     for metric in METRICS:
-        cells = []
-        for run in stats:
-            metric_stats = run.summary["metrics"][metric]
-            ci = metric_stats["ci95"]
-            text = fmt(metric_stats["mean"]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
-            versus = data["versus_first"].get(run.name, {}).get(metric)
-            if versus:
-                d_ci = versus["difference_ci95"]
-                text += f"\nΔ {fmt(versus['difference'])}" + (
-                    f" [{fmt(d_ci[0])}, {fmt(d_ci[1])}]" if d_ci else ""
-                )
-                text += f"\nwin {fmt(versus['win_rate'])} (n={versus['common_rows']})"
-            cells.append(text)
-        table.add_row(metric, *cells)
+        table.add_row(metric, *("\n".join(metric_text(run, data, metric)) for run in stats))
     table.add_row("rows", *(str(run.rows) for run in stats))
     table.add_row("wall time (s)", *(fmt(run.wall_s, 1) for run in stats))
     for role in sorted({role for run in stats for role in run.tokens_per_row}):

@@ -120,6 +120,27 @@ def comparison(runs: list[RunStats]) -> dict[str, Any]:
     }
 
 
+def fmt(value: Any, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def metric_text(run: RunStats, data: dict[str, Any], metric: str) -> list[str]:
+    """The lines of one table cell: mean [CI]; then, against the first run, the difference
+    [CI] and the paired win rate."""
+    stats = run.summary["metrics"][metric]
+    ci = stats["ci95"]
+    lines = [fmt(stats["mean"]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")]
+    versus = data["versus_first"].get(run.name, {}).get(metric)
+    if versus:
+        d_ci = versus["difference_ci95"]
+        lines.append(
+            f"Δ {fmt(versus['difference'])}"
+            + (f" [{fmt(d_ci[0])}, {fmt(d_ci[1])}]" if d_ci else "")
+        )
+        lines.append(f"win {fmt(versus['win_rate'])} (n={versus['common_rows']})")
+    return lines
+
+
 # --- HTML ----------------------------------------------------------------------------------
 
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
@@ -220,25 +241,13 @@ def html_report(runs: list[RunStats], data: dict[str, Any]) -> str:
     tokens = [(r.name, [r.tokens_per_row.get(role, 0.0) for role in roles]) for r in runs]
     charts.append(_bars("Tokens per row, by stage (role)", roles, tokens))
 
-    def fmt(value: Any, digits: int = 2) -> str:
-        return "n/a" if value is None else f"{value:.{digits}f}"
-
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     rows = []
     for metric in METRICS:
         cells = []
         for run in runs:
-            stats = run.summary["metrics"][metric]
-            ci = stats["ci95"]
-            text = fmt(stats["mean"]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
-            versus = data["versus_first"].get(run.name, {}).get(metric)
-            if versus:
-                d_ci = versus["difference_ci95"]
-                text += (
-                    f"<br><small>Δ {fmt(versus['difference'])}"
-                    + (f" [{fmt(d_ci[0])}, {fmt(d_ci[1])}]" if d_ci else "")
-                    + f", win {fmt(versus['win_rate'])} on {versus['common_rows']}</small>"
-                )
+            first, *more = (html.escape(line) for line in metric_text(run, data, metric))
+            text = first + "".join(f"<br><small>{line}</small>" for line in more)
             cells.append(f"<td>{text}</td>")
         rows.append(f"<tr><th>{metric}</th>{''.join(cells)}</tr>")
     for label, values in (
