@@ -75,7 +75,6 @@ async def _guard_verdict(
         started = time.perf_counter()
         message = await invoke_with_backoff(ctx.models["judge"], messages, config, stage)
         text = raw_text(message)
-        usage = dict(getattr(message, "usage_metadata", None) or {})
         try:
             safe, codes = parse_guard_output(text)
         except ValueError as error:
@@ -83,18 +82,10 @@ async def _guard_verdict(
             ok = False
         else:
             ok = True
-        calls.append(
-            CallRecord(
-                role="judge",
-                stage=stage,
-                attempt=attempt,
-                model=config.model or config.backend,
-                input_tokens=int(usage.get("input_tokens", 0)),
-                output_tokens=int(usage.get("output_tokens", 0)),
-                latency_s=round(time.perf_counter() - started, 4),
-                ok=ok,
-            ).as_dict()
+        record = CallRecord.of(
+            message, config, role="judge", stage=stage, attempt=attempt, started=started, ok=ok
         )
+        calls.append(record.as_dict())
         if ok:
             violated = sorted({ctx.judge.categories.get(code, code) for code in codes})
             verdict = {

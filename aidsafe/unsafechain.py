@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import operator
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, TypedDict
@@ -20,7 +21,7 @@ from aidsafe.export import assistant_content, model_name
 from aidsafe.graph import thought_records
 from aidsafe.judges import judge_completion, split_think
 from aidsafe.metrics import safety_metrics
-from aidsafe.models.structured import invoke_with_backoff, raw_text
+from aidsafe.models.structured import CallRecord, invoke_with_backoff, raw_text
 from aidsafe.prompts import format_thoughts
 
 
@@ -66,27 +67,25 @@ def build_unsafechain_graph(ctx: RecipeContext, samples: int, hard_threshold: fl
 
     async def sample_target(state: UnsafeChainState) -> dict[str, Any]:
         config = ctx.model_configs["target"]
-        started = asyncio.get_running_loop().time()
+        started = time.perf_counter()
 
         async def one(index: int) -> tuple[dict[str, Any], dict[str, Any]]:
             message = await invoke_with_backoff(
                 ctx.models["target"], [HumanMessage(content=state["prompt"])], config, "sample"
             )
-            usage = dict(getattr(message, "usage_metadata", None) or {})
+            call = CallRecord.of(
+                message,
+                config,
+                role="target",
+                stage="sample_target",
+                attempt=index,
+                started=started,
+                ok=True,
+            )
             completion = raw_text(message)
             reasoning, answer = split_think(completion)
-            call = {
-                "role": "target",
-                "stage": "sample_target",
-                "attempt": index,
-                "model": config.model or config.backend,
-                "input_tokens": int(usage.get("input_tokens", 0)),
-                "output_tokens": int(usage.get("output_tokens", 0)),
-                "latency_s": round(asyncio.get_running_loop().time() - started, 4),
-                "ok": True,
-            }
             sample = {"index": index, "completion": completion, "reasoning": reasoning}
-            return sample | {"answer": answer}, call
+            return sample | {"answer": answer}, call.as_dict()
 
         results = await asyncio.gather(*(one(i) for i in range(samples)))
         return {"samples": [r[0] for r in results], "calls": [r[1] for r in results]}

@@ -118,6 +118,31 @@ class CallRecord:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @classmethod
+    def of(
+        cls,
+        message: Any,
+        config: ModelConfig,
+        *,
+        role: str,
+        stage: str,
+        attempt: int,
+        started: float,
+        ok: bool,
+    ) -> CallRecord:
+        """The record of a request that began at `started` (perf_counter) and got `message`."""
+        usage = dict(getattr(message, "usage_metadata", None) or {})
+        return cls(
+            role=role,
+            stage=stage,
+            attempt=attempt,
+            model=config.model or config.backend,
+            input_tokens=int(usage.get("input_tokens", 0)),
+            output_tokens=int(usage.get("output_tokens", 0)),
+            latency_s=round(time.perf_counter() - started, 4),
+            ok=ok,
+        )
+
 
 def structured_method(config: ModelConfig) -> str | None:
     """How an endpoint is asked for structured output, or None where the backend decides."""
@@ -185,21 +210,13 @@ async def call_structured(
         started = time.perf_counter()
         result = await invoke_with_backoff(runnable, conversation, config, stage)
         raw: AIMessage | None = result.get("raw")
-        usage: dict[str, Any] = dict((raw.usage_metadata if raw is not None else None) or {})
         parsed = result.get("parsed")
         error = result.get("parsing_error")
         problems = [] if parsed is None or error is not None else (check(parsed) if check else [])
         ok = parsed is not None and error is None and not problems
         records.append(
-            CallRecord(
-                role=role,
-                stage=stage,
-                attempt=attempt,
-                model=config.model or config.backend,
-                input_tokens=int(usage.get("input_tokens", 0)),
-                output_tokens=int(usage.get("output_tokens", 0)),
-                latency_s=round(time.perf_counter() - started, 4),
-                ok=ok,
+            CallRecord.of(
+                raw, config, role=role, stage=stage, attempt=attempt, started=started, ok=ok
             )
         )
         if ok:
