@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aidsafe.errors import UserError, describe_validation_error
 
-Backend = Literal["local", "openai"]
+Backend = Literal["local", "openai", "vllm"]
 StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
 
 # Roles whose model can be configured. `deliberator` configures every deliberation agent;
@@ -44,12 +44,14 @@ class ModelConfig(BaseModel):
     backend: Backend = Field(
         "local",
         description="`local`: the embedded llama.cpp model, no network. "
-        "`openai`: any OpenAI-compatible endpoint (OpenAI, vllm serve, llama.cpp server...).",
+        "`openai`: any OpenAI-compatible endpoint (OpenAI, vllm serve, llama.cpp server...). "
+        "`vllm`: an in-process vLLM engine on this machine's GPU (extra `aidsafe[vllm]`).",
     )
     model: str | None = Field(
         None,
         description="Model name at the endpoint; for `local`, a GGUF path "
-        "(unset: the bundled SmolLM2-135M-Instruct).",
+        "(unset: the bundled SmolLM2-135M-Instruct); for `vllm`, a Hugging Face checkpoint "
+        "directory or model name.",
     )
     base_url: str | None = Field(
         None, description="Endpoint URL, e.g. http://localhost:8000/v1 (unset: OpenAI's API)."
@@ -78,14 +80,33 @@ class ModelConfig(BaseModel):
     retry_wait: float = Field(
         1.0, ge=0, description="First backoff wait in seconds; doubles per retry, with jitter."
     )
-    n_ctx: int = Field(8192, gt=0, description="`local` only: context window in tokens.")
+    n_ctx: int = Field(
+        8192, gt=0, description="`local` and `vllm`: context window in tokens (max_model_len)."
+    )
     n_threads: int | None = Field(None, gt=0, description="`local` only: CPU threads.")
+    dtype: str = Field("auto", description="`vllm` only: weight dtype (auto, bfloat16, ...).")
+    max_num_seqs: int | None = Field(
+        None, gt=0, description="`vllm` only: most sequences in one batch (unset: vLLM's)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="`vllm` only: share of GPU memory the engine may take."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="`vllm` only: GPUs per engine.")
+    enable_prefix_caching: bool = Field(
+        True,
+        description="`vllm` only: reuse the KV cache of shared prompt prefixes (the policy text "
+        "comes first in every prompt, so most prompt tokens are reused).",
+    )
 
     def provenance(self) -> dict[str, Any]:
-        """What a row records about its model: everything but credentials and plumbing."""
-        return self.model_dump(
-            exclude={"api_key_env", "timeout", "max_retries", "retry_wait", "n_threads"}
-        )
+        """What a row records about its model: everything but credentials and plumbing (engine
+        sizing does not change what the model says; dtype does)."""
+        plumbing = {"api_key_env", "timeout", "max_retries", "retry_wait", "n_threads"}
+        plumbing |= {"max_num_seqs", "gpu_memory_utilization", "tensor_parallel_size"}
+        plumbing.add("enable_prefix_caching")
+        if self.backend != "vllm":
+            plumbing.add("dtype")
+        return self.model_dump(exclude=plumbing)
 
 
 class DeliberationConfig(BaseModel):

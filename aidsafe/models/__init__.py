@@ -41,6 +41,16 @@ def build_chat_model(config: ModelConfig) -> BaseChatModel:
             top_p=config.top_p,
             seed=config.seed,
         )
+    if config.backend == "vllm":
+        from aidsafe.models.vllm import ChatVLLM, EngineSettings
+
+        return ChatVLLM(
+            settings=EngineSettings.of(config),
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            top_p=config.top_p,
+            seed=config.seed,
+        )
     from langchain_openai import ChatOpenAI
 
     if not config.model:
@@ -62,7 +72,16 @@ def preflight(configs: dict[str, ModelConfig]) -> None:
     """Fail before the run starts when a backend cannot work: missing package or model file,
     missing key, or an endpoint that does not answer."""
     checked: set[str] = set()
+    if any(config.backend == "vllm" for config in configs.values()):
+        from aidsafe.models.vllm import check_shared_engines, check_vllm_available
+
+        check_vllm_available()
+        check_shared_engines(configs)
     for role, config in configs.items():
+        if config.backend == "vllm":
+            if not config.model:
+                raise UserError(f"models.{role}.model: a `vllm` backend needs a model")
+            continue
         if config.backend == "local":
             from aidsafe.models.local import bundled_model_path, check_llama_available
 

@@ -146,7 +146,7 @@ class CallRecord:
 
 def structured_method(config: ModelConfig) -> str | None:
     """How an endpoint is asked for structured output, or None where the backend decides."""
-    if config.backend == "local":
+    if config.backend in ("local", "vllm"):
         return None
     if config.structured_output != "auto":
         return config.structured_output

@@ -1,0 +1,195 @@
+"""The `vllm` backend. Request building, schema translation and result parsing are pure and run
+everywhere; the engine test runs the real CLI on a GPU (skipped where vllm or CUDA is absent)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from aidsafe.config import ModelConfig, load_config
+from aidsafe.errors import UserError
+from aidsafe.models import build_chat_model
+from aidsafe.models.structured import structured_method
+from aidsafe.models.vllm import (
+    ChatVLLM,
+    EngineSettings,
+    chat_messages,
+    check_shared_engines,
+    response_schema,
+    result_message,
+    sampling_kwargs,
+)
+from aidsafe.schemas import Intents
+from tests.conftest import read_jsonl
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def vllm_config(**fields: object) -> ModelConfig:
+    return ModelConfig.model_validate({"backend": "vllm", "model": "/models/smol", **fields})
+
+
+def test_engine_settings_come_from_the_role_config_with_prefix_caching_on() -> None:
+    settings = EngineSettings.of(vllm_config(dtype="bfloat16", max_num_seqs=128, n_ctx=4096))
+    assert settings.engine_args() == {
+        "model": "/models/smol",
+        "dtype": "bfloat16",
+        "max_model_len": 4096,
+        "gpu_memory_utilization": 0.9,
+        "tensor_parallel_size": 1,
+        "enable_prefix_caching": True,
+        "disable_log_stats": False,
+        "max_num_seqs": 128,
+    }
+    assert "max_num_seqs" not in EngineSettings.of(vllm_config()).engine_args()
+
+
+def test_a_vllm_backend_without_a_model_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="needs `model`"):
+        EngineSettings.of(ModelConfig(backend="vllm"))
+
+
+def test_roles_naming_one_model_share_an_engine_or_are_told_to_agree() -> None:
+    same = {"drafter": vllm_config(temperature=0.7), "refiner": vllm_config(temperature=0.0)}
+    check_shared_engines(same)  # sampling differs, the engine is the same: fine
+    clash = {"drafter": vllm_config(), "refiner": vllm_config(gpu_memory_utilization=0.5)}
+    with pytest.raises(UserError, match=r"models\.refiner and models\.drafter .* same vllm model"):
+        check_shared_engines(clash)
+    first = build_chat_model(vllm_config(temperature=0.7))
+    second = build_chat_model(vllm_config(temperature=0.0))
+    assert isinstance(first, ChatVLLM) and isinstance(second, ChatVLLM)
+    assert first.settings == second.settings and hash(first.settings) == hash(second.settings)
+
+
+def test_sampling_parameters_carry_the_role_settings_and_the_json_schema() -> None:
+    schema = Intents.model_json_schema()
+    response_format = {"type": "json_schema", "json_schema": {"name": "Intents", "schema": schema}}
+    kwargs = sampling_kwargs(0.0, 512, 0.9, 7, ["</s>"], response_format)
+    assert kwargs == {
+        "temperature": 0.0,
+        "max_tokens": 512,
+        "top_p": 0.9,
+        "seed": 7,
+        "stop": ["</s>"],
+        "structured_outputs": {"json": schema},
+    }
+    plain = sampling_kwargs(None, None, None, None)
+    assert plain == {"temperature": 0.7, "max_tokens": 1024}
+
+
+def test_response_formats_translate_to_a_schema_or_any_json() -> None:
+    assert response_schema({"type": "json_object", "schema": {"type": "object"}}) == {
+        "type": "object"
+    }
+    assert response_schema({"type": "json_object"}) is True
+    with pytest.raises(ValueError, match="unsupported"):
+        response_schema({"type": "text"})
+
+
+def test_structured_output_is_asked_of_the_engine_and_validated_by_pydantic() -> None:
+    model = build_chat_model(vllm_config())
+    assert structured_method(vllm_config()) is None  # the backend constrains output itself
+    runnable = model.with_structured_output(Intents, include_raw=True)
+    bound = runnable.first  # type: ignore[attr-defined]
+    response_format = bound.kwargs["response_format"]
+    assert response_schema(response_format) == Intents.model_json_schema()
+    parsed = runnable.last.invoke(  # type: ignore[attr-defined]
+        result_message(fake_output('{"explicit": ["a"], "implicit": []}'))
+    )
+    assert parsed["parsed"] == Intents(explicit=["a"], implicit=[])
+    broken = runnable.last.invoke(result_message(fake_output('{"explicit": ')))  # type: ignore[attr-defined]
+    assert broken["parsed"] is None and "not valid JSON" in str(broken["parsing_error"])
+
+
+def fake_output(text: str) -> SimpleNamespace:
+    completion = SimpleNamespace(text=text, token_ids=[1, 2, 3], finish_reason="stop")
+    return SimpleNamespace(outputs=[completion], prompt_token_ids=[5] * 10, num_cached_tokens=8)
+
+
+def test_results_become_messages_with_token_usage() -> None:
+    message = result_message(fake_output("hello"))
+    assert message.content == "hello"
+    assert message.usage_metadata == {"input_tokens": 10, "output_tokens": 3, "total_tokens": 13}
+    assert message.response_metadata == {"finish_reason": "stop", "cached_tokens": 8}
+
+
+def test_messages_keep_their_roles_for_the_chat_template() -> None:
+    messages = [SystemMessage(content="policies"), HumanMessage(content="prompt")]
+    assert chat_messages(messages) == [
+        {"role": "system", "content": "policies"},
+        {"role": "user", "content": "prompt"},
+    ]
+
+
+def test_engine_settings_are_not_part_of_the_fingerprint_but_dtype_is() -> None:
+    small = load_config(None, {"models": {"default": {"backend": "vllm", "model": "m"}}})
+    big = load_config(
+        None,
+        {"models": {"default": {"backend": "vllm", "model": "m", "max_num_seqs": 512}}},
+    )
+    half = load_config(
+        None, {"models": {"default": {"backend": "vllm", "model": "m", "dtype": "half"}}}
+    )
+    assert small.fingerprint_data() == big.fingerprint_data()
+    assert small.fingerprint_data() != half.fingerprint_data()
+    assert "dtype" not in load_config(None, {}).model_for("drafter").provenance()
+
+
+def test_missing_vllm_is_reported_before_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidsafe.models import preflight
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a)
+    )
+    with pytest.raises(UserError, match=r"aidsafe\[vllm\]"):
+        preflight({"drafter": vllm_config()})
+
+
+def gpu_available() -> bool:
+    if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs vllm and a CUDA GPU")
+def test_generate_on_an_in_process_vllm_engine(tmp_path: Path) -> None:
+    """The real CLI, the AIDSAFE recipe with DPO pairs, on SmolLM2-135M converted from the
+    bundled GGUF (AIDSAFE_VLLM_MODEL may name a checkpoint directory instead)."""
+    from aidsafe.models.checkpoint import convert_gguf
+
+    model = os.environ.get("AIDSAFE_VLLM_MODEL") or str(convert_gguf(tmp_path / "smollm2"))
+    config = tmp_path / "vllm.yaml"
+    config.write_text(
+        "models:\n  default:\n    backend: vllm\n"
+        f"    model: {model}\n    gpu_memory_utilization: 0.5\n    n_ctx: 8192\n"
+    )
+    out = tmp_path / "run"
+    command = [
+        *(sys.executable, "-m", "aidsafe", "generate", str(EXAMPLES / "prompts.jsonl")),
+        *("--out", str(out), "--config", str(config), "--concurrency", "8"),
+        *("--recipe", "aidsafe-dpo", "--quiet"),
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    traces = read_jsonl(out / "traces.jsonl")
+    failures = read_jsonl(out / "failures.jsonl")
+    assert len(traces) + len(failures) == 8
+    assert {f["reason"] for f in failures} <= {"malformed_output"}, failures
+    assert traces, "a real engine with schema-constrained decoding finishes some rows"
+    for trace in traces:
+        assert all(call["input_tokens"] > 0 for call in trace["calls"])
+        assert trace["models"]["drafter"]["backend"] == "vllm"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["done"] == len(traces)
