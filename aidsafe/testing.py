@@ -116,7 +116,9 @@ class StubOpenAIServer:
     """A loopback OpenAI-compatible chat server that answers every structured request (tool call
     or json_schema response_format) with a schema-valid instance, and any other request with
     `plain_answer`. For tests and benchmarks only:
-    `latency` delays every answer; `fail_first` answers the first N requests with HTTP 503."""
+    `latency` delays every answer; `fail_first` answers the first N requests with HTTP 503;
+    `keep_alive` speaks HTTP/1.1 and keeps connections open, as real servers do (the
+    benchmarks use it; tests keep HTTP/1.0, whose closed connections make shutdown clean)."""
 
     def __init__(
         self,
@@ -124,6 +126,7 @@ class StubOpenAIServer:
         fail_first: int = 0,
         plain_answer: str = "stub answer",
         port: int = 0,
+        keep_alive: bool = False,
     ) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,6 +139,8 @@ class StubOpenAIServer:
         self._lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -224,9 +229,9 @@ class StubOpenAIServer:
         self.server.server_close()
 
 
-def serve_stub(port: int = 0, latency: float = 0.0) -> None:
+def serve_stub(port: int = 0, latency: float = 0.0, keep_alive: bool = True) -> None:
     """Run the stub server in this process until killed; prints its base URL first.
     `python -c "from aidsafe.testing import serve_stub; serve_stub(8000, 0.2)"`"""
-    stub = StubOpenAIServer(latency=latency, port=port)
+    stub = StubOpenAIServer(latency=latency, port=port, keep_alive=keep_alive)
     print(stub.base_url, flush=True)
     stub.server.serve_forever()

@@ -48,12 +48,15 @@ def write_prompts(path: Path, rows: int) -> Path:
     return path
 
 
-def run(base_url: str, rows: int, concurrency: int, workdir: Path, name: str) -> dict[str, float]:
+def run(
+    base_url: str, rows: int, concurrency: int, workdir: Path, name: str, checkpoint: str = "step"
+) -> dict[str, float]:
     prompts = write_prompts(workdir / f"{name}.jsonl", rows)
     config = load_config(
         None,
         {
             "concurrency": concurrency,
+            "checkpoint": checkpoint,
             "models": {
                 "default": {
                     "backend": "openai",
@@ -71,7 +74,9 @@ def run(base_url: str, rows: int, concurrency: int, workdir: Path, name: str) ->
     )
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     calls = sum(len(t["calls"]) for t in read_jsonl(out.path("traces.jsonl")))
-    assert summary.done_now == rows, f"only {summary.done_now} of {rows} rows finished"
+    if summary.done_now != rows:
+        reasons = {f["detail"][:200] for f in read_jsonl(out.path("failures.jsonl"))}
+        raise SystemExit(f"only {summary.done_now} of {rows} rows finished: {reasons}")
     return {"rows": rows, "calls": calls, "cpu_s": cpu, "wall_s": wall}
 
 
@@ -105,16 +110,20 @@ def main() -> None:
     parser.add_argument("--levels", default="1,16,64,256")
     parser.add_argument("--rows-per-slot", type=int, default=4, help="rows = slots x this")
     parser.add_argument("--memory", action="store_true", help="also the 10,000-row memory run")
+    parser.add_argument("--checkpoint", default="step", choices=("step", "row"))
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         stub, url = start_stub(0.0)
         try:
-            zero = run(url, 200, 16, workdir, "zero")
-            print(
-                f"CPU per LLM call at zero latency: {1000 * zero['cpu_s'] / zero['calls']:.2f} ms "
-                f"({zero['calls']} calls, {zero['calls'] / zero['wall_s']:.0f} calls/s)"
-            )
+            run(url, 20, 16, workdir, "warmup")
+            for mode in ("step", "row"):
+                zero = run(url, 200, 16, workdir, f"zero-{mode}", mode)
+                print(
+                    f"CPU per LLM call at zero latency, checkpoint={mode}: "
+                    f"{1000 * zero['cpu_s'] / zero['calls']:.2f} ms "
+                    f"({zero['calls']} calls, {zero['calls'] / zero['wall_s']:.0f} calls/s)"
+                )
             if options.memory:
                 at_1000, at_end = memory_run(url, workdir, 10_000)
                 print(
@@ -125,10 +134,14 @@ def main() -> None:
             stub.terminate()
         stub, url = start_stub(options.latency)
         try:
-            print(f"\nconcurrency efficiency at {1000 * options.latency:.0f} ms latency:")
+            print(
+                f"\nconcurrency efficiency at {1000 * options.latency:.0f} ms latency, "
+                f"checkpoint={options.checkpoint}:"
+            )
             print(f"{'in flight':>10} {'rows':>6} {'rows/s':>8} {'ideal':>8} {'efficiency':>10}")
             for level in (int(x) for x in options.levels.split(",")):
-                result = run(url, level * options.rows_per_slot, level, workdir, f"c{level}")
+                rows = level * options.rows_per_slot
+                result = run(url, rows, level, workdir, f"c{level}", options.checkpoint)
                 calls_per_row = result["calls"] / result["rows"]
                 ideal = level / (calls_per_row * options.latency)
                 achieved = result["rows"] / result["wall_s"]

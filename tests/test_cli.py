@@ -409,7 +409,8 @@ def test_guard_judge_over_http(capsys: pytest.CaptureFixture[str], tmp_path: Pat
             "--quiet",
         )
         assert code == 0, err
-        assert stub.requests[0]["messages"][-1] == {"role": "assistant", "content": "r"}
+        last_messages = [request["messages"][-1] for request in stub.requests]
+        assert {"role": "assistant", "content": "r"} in last_messages
     judgments = read_jsonl(tmp_path / "j" / "judgments.jsonl")
     assert [j["categories"] for j in judgments] == [["S9"], ["S9"]]
     assert judgments[0]["violated"] == ["physical_harm"]

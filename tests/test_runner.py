@@ -118,17 +118,21 @@ from tests.conftest import REFINE, make_config, scripted
 def kill_now(messages):
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of p2's refiner call
 
-tmp = Path(sys.argv[1])
+tmp, checkpoint = Path(sys.argv[1]), sys.argv[2]
 models = scripted(refiner=[REFINE, REFINE, kill_now])
+config = make_config(concurrency=1, checkpoint=checkpoint)
 asyncio.run(generate(PromptSource(str(tmp / "p.jsonl")), RunDirectory(tmp / "run"),
-                     make_config(concurrency=1), models=models, show_progress=False))
+                     config, models=models, show_progress=False))
 """
 
 
-async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checkpoint", ["step", "row"])
+async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(
+    tmp_path: Path, checkpoint: str
+) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(5)])
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_RUN, str(tmp_path)],
+        [sys.executable, "-c", KILLED_RUN, str(tmp_path), checkpoint],
         cwd=Path(__file__).parent.parent,
         capture_output=True,
         text=True,
@@ -139,7 +143,7 @@ async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(tmp_p
     assert [t["id"] for t in read_jsonl(run / "traces.jsonl")] == ["p0", "p1"]
 
     second = scripted()
-    summary = await go(tmp_path, second, prompts)
+    summary = await go(tmp_path, second, prompts, config=make_config(checkpoint=checkpoint))
     traces = read_jsonl(run / "traces.jsonl")
     assert sorted(t["id"] for t in traces) == [
         "p0",
@@ -151,10 +155,12 @@ async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(tmp_p
     assert [s["id"] for s in read_jsonl(run / "sft.jsonl")] == [t["id"] for t in traces]
     assert read_jsonl(run / "failures.jsonl") == []
     assert summary.skipped == 2 and summary.done_now == 3
-    # p2 had finished decompose, draft and deliberation before the kill: only its refiner reruns
-    assert second["decomposer"].calls == 2
-    assert second["drafter"].calls == 2
-    assert second["deliberator_1"].calls == 2
+    # p2 had finished decompose, draft and deliberation before the kill: with `step`
+    # checkpoints only its refiner reruns; with `row` checkpoints the whole row does
+    redone = 2 if checkpoint == "step" else 3
+    assert second["decomposer"].calls == redone
+    assert second["drafter"].calls == redone
+    assert second["deliberator_1"].calls == redone
     assert second["refiner"].calls == 3
     p2 = next(t for t in traces if t["id"] == "p2")
     assert [c["role"] for c in p2["calls"]] == ["decomposer", "drafter", "deliberator_1", "refiner"]

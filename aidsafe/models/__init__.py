@@ -51,6 +51,7 @@ def build_chat_model(config: ModelConfig) -> BaseChatModel:
             top_p=config.top_p,
             seed=config.seed,
         )
+    import openai
     from langchain_openai import ChatOpenAI
 
     if not config.model:
@@ -65,6 +66,9 @@ def build_chat_model(config: ModelConfig) -> BaseChatModel:
         seed=config.seed,
         timeout=config.timeout,
         max_retries=0,  # retries live in call_structured, in one place, with our backoff
+        # A connection pool of this model's own: langchain-openai's default one is shared by
+        # the process, and its kept-alive connections would outlive the run's event loop.
+        http_async_client=openai.DefaultAsyncHttpxClient(timeout=config.timeout),
     )
 
 
