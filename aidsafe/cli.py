@@ -32,7 +32,7 @@ ConcurrencyOption = Annotated[
     int | None, typer.Option(min=1, help="Rows in flight at once (default: 4).")
 ]
 BackendOption = Annotated[
-    str | None, typer.Option(help="Backend of every role's model: local or openai.")
+    str | None, typer.Option(help="Backend of every role's model: local, openai or vllm.")
 ]
 ModelOption = Annotated[str | None, typer.Option(help="Every role's model name (or GGUF path).")]
 BaseUrlOption = Annotated[
@@ -42,6 +42,25 @@ ApiKeyEnvOption = Annotated[
     str | None, typer.Option(help="Env var holding the API key (default: OPENAI_API_KEY).")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+EngineOption = Annotated[
+    str,
+    typer.Option(help="local: rows run in this process. ray: rows spread over Ray workers."),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="With --engine ray: the cluster to join (auto, ray://host:10001); "
+        "unset: start a local Ray instance."
+    ),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="With --engine ray: worker processes (default: one per CPU, or "
+        "per GPU with the vllm backend); --concurrency rows run in each.",
+    ),
+]
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file (see examples/).")
 ]
@@ -92,6 +111,9 @@ def generate(
         int | None,
         typer.Option(min=1, help="Also write sft_selected.jsonl: a balanced subset of N rows."),
     ] = None,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Run a recipe over prompts and write traces, SFT rows, failures and a manifest."""
@@ -128,6 +150,7 @@ def generate(
                 console=err,
                 show_progress=not quiet,
                 select=select,
+                engine=_engine(engine, ray_address, workers),
             )
         )
     except KeyboardInterrupt:
@@ -192,6 +215,21 @@ def _model_overrides(
     return {"models": {"default": default_model}}
 
 
+def _engine(engine: str, ray_address: str | None, workers: int | None) -> Any:
+    from aidsafe.runner import Engine
+
+    if engine == "ray":
+        from aidsafe.distributed import check_ray_available
+
+        check_ray_available()
+        return Engine(address=ray_address, workers=workers)
+    if engine != "local":
+        raise UserError(f"--engine: expected local or ray, got {engine!r}")
+    if ray_address is not None or workers is not None:
+        raise UserError("--ray-address and --workers need --engine ray")
+    return None
+
+
 @app.command()
 def dpo(
     run_dir: Annotated[Path, typer.Argument(help="A run directory with finished AIDSAFE rows.")],
@@ -213,6 +251,9 @@ def dpo(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Try the rows in dpo_failures.jsonl again.")
     ] = False,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Make DPO pairs from an existing run's finished rows, without regenerating them."""
@@ -240,6 +281,7 @@ def dpo(
                 retry_failed=retry_failed,
                 console=err,
                 show_progress=not quiet,
+                engine=_engine(engine, ray_address, workers),
             )
         )
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from aidsafe import __version__
 from aidsafe.belief import belief_input, compile_belief_graph, pair_outcome
 from aidsafe.config import BELIEF_ROLES, RunConfig, fingerprint
-from aidsafe.context import build_context
+from aidsafe.context import RecipeContext, build_context
 from aidsafe.errors import StageFailed, UserError
 from aidsafe.export import sft_rows
 from aidsafe.graph import compile_graph, trace_record
@@ -30,7 +30,7 @@ from aidsafe.inputs import PromptRow, PromptSource, content_id
 from aidsafe.judges import judge_completion, split_think
 from aidsafe.metrics import per_policy_metrics, safety_metrics
 from aidsafe.models import preflight
-from aidsafe.policies import load_policies
+from aidsafe.policies import PolicySet, load_policies
 from aidsafe.rundir import (
     DPO,
     DPO_FAILURES,
@@ -45,6 +45,9 @@ from aidsafe.rundir import (
     write_atomic,
 )
 from aidsafe.unsafechain import run_statistics, select_subset
+
+if TYPE_CHECKING:
+    from aidsafe.distributed import RayPool
 
 T = TypeVar("T")
 
@@ -102,6 +105,7 @@ class _Progress:
         self.failed = 0
         self.skipped = 0
         self.tokens = 0
+        self.started = time.perf_counter()
         self.task = progress.add_task(description, total=total, status="") if progress else None
 
     def skip(self) -> None:
@@ -116,7 +120,10 @@ class _Progress:
             self.failed += 1
         self.tokens += tokens
         if self.progress is not None and self.task is not None:
-            status = f"ok {self.done}  failed {self.failed}  tokens {self.tokens:,}"
+            rate = (self.done + self.failed) / max(time.perf_counter() - self.started, 1e-9)
+            status = (
+                f"ok {self.done}  failed {self.failed}  {rate:.2f} rows/s  tokens {self.tokens:,}"
+            )
             self.progress.update(self.task, advance=1, status=status)
 
 
@@ -169,9 +176,11 @@ async def generate(
     console: Console | None = None,
     show_progress: bool = True,
     select: int | None = None,
+    engine: Engine | None = None,
 ) -> RunSummary:
     """Run (or resume) the configured recipe. `models` replaces configured models (tests).
-    Recipe `aidsafe-dpo` then pairs the finished rows (see `make_pairs`)."""
+    Recipe `aidsafe-dpo` then pairs the finished rows (see `make_pairs`). `engine` spreads the
+    rows over Ray workers (see aidsafe.distributed)."""
     policies = load_policies(config.policies)
     ctx = build_context(config, policies, models)
     if models is None:
@@ -214,35 +223,27 @@ async def generate(
     console = console or Console(stderr=True)
     progress = _progress_display(console, show_progress)
     started = time.perf_counter()
+    pool = engine.pool(config, policies, "generate", models) if engine else None
     try:
         async with open_checkpoints(run) as saver:
             graph = compile_graph(ctx, saver)
             if progress is not None:
                 progress.start()
             counter = _Progress(progress, "generating", total)
-            recursion_limit = 10 + 2 * ctx.deliberation.budget
 
             async def process(row: PromptRow) -> tuple[bool, int]:
-                if row.prompt is None:
-                    failure = failure_record(
-                        row.id, row.index, row.prompt, "input", "invalid_prompt", row.problem
-                    )
-                    run.record_failure(failure)
-                    return False, 0
-                payload = {"id": row.id, "prompt": row.prompt}
-                result = await _run_thread(
-                    graph, saver, row.id, payload, recursion_limit, config.checkpoint
-                )
-                if result.failure is not None:
-                    run.record_failure(result.failure_record(row.index, row.prompt))
-                    return False, result.new_tokens
-                trace = trace_record(result.state, ctx)
-                run.record_success(trace, sft_rows(trace))
-                await saver.adelete_thread(row.id)
-                return True, result.new_tokens
+                if pool is not None:
+                    outcome: Outcome = await pool.submit(row)
+                else:
+                    outcome = await row_outcome(graph, saver, ctx, config, row)
+                record_row(run, outcome)
+                if outcome.ok and pool is None:
+                    await saver.adelete_thread(row.id)  # only once the ledger holds the row
+                return outcome.ok, outcome.tokens
 
             rows = _rows_to_do(source, limit, ledger, run, counter)
-            await _drive(rows, config.concurrency, process, counter)
+            in_flight = config.concurrency * (pool.size if pool else 1)
+            await _drive(rows, in_flight, process, counter)
             summary.skipped = counter.skipped
             summary.done_now, summary.failed_now = counter.done, counter.failed
             if progress is not None:
@@ -253,6 +254,8 @@ async def generate(
     finally:
         if progress is not None:
             progress.stop()
+        if pool is not None:
+            pool.close()
         run.close()
         summary.wall_s = round(time.perf_counter() - started, 2)
         summary.totals = run.totals()
@@ -288,6 +291,7 @@ async def generate(
             models=models,
             console=console,
             show_progress=show_progress,
+            engine=engine,
         )
     return summary
 
@@ -302,6 +306,7 @@ async def make_pairs(
     models: Mapping[str, BaseChatModel] | None = None,
     console: Console | None = None,
     show_progress: bool = True,
+    engine: Engine | None = None,
 ) -> PairSummary:
     """Belief augmentation over the finished AIDSAFE rows of `run`: each becomes a DPO pair in
     dpo.jsonl or a record in dpo_failures.jsonl. Resumable like `generate`."""
@@ -343,44 +348,23 @@ async def make_pairs(
     if limit is not None:
         total = min(total, limit)
     started = time.perf_counter()
+    pool = engine.pool(config, policies, "pairs", models) if engine else None
     try:
         async with open_checkpoints(run) as saver:
             graph = compile_belief_graph(ctx, saver)
             if progress is not None:
                 progress.start()
             counter = _Progress(progress, "pairing", total)
-            recursion_limit = 10 + 4 * ctx.belief.tries
 
             async def process(trace: dict[str, Any]) -> tuple[bool, int]:
-                thread_id = f"dpo:{trace['id']}"
-                payload = dict(belief_input(trace))
-                result = await _run_thread(
-                    graph, saver, thread_id, payload, recursion_limit, config.checkpoint
-                )
-                if result.failure is not None:
-                    failure = result.failure_record(None, trace["prompt"], trace["id"])
-                    run.record_failure(failure, DPO_FAILURES)
-                    return False, result.new_tokens
-                row, rejection = pair_outcome(result.state, ctx)
-                if row is not None:
-                    run.record_pair(row)
+                if pool is not None:
+                    outcome: Outcome = await pool.submit(trace)
                 else:
-                    assert rejection is not None
-                    reason, detail = rejection
-                    failure = failure_record(
-                        trace["id"],
-                        None,
-                        trace["prompt"],
-                        "pair",
-                        reason,
-                        detail,
-                        calls=result.state.get("calls", []),
-                    )
-                    failure["tries"] = result.state.get("tries", [])
-                    failure["chosen_verdict"] = result.state.get("chosen_verdict")
-                    run.record_failure(failure, DPO_FAILURES)
-                await saver.adelete_thread(thread_id)
-                return row is not None, result.new_tokens
+                    outcome = await trace_pair_outcome(graph, saver, ctx, config, trace)
+                record_pair_outcome(run, outcome)
+                if outcome.finished and pool is None:
+                    await saver.adelete_thread(f"dpo:{trace['id']}")
+                return outcome.ok, outcome.tokens
 
             def traces_to_do() -> Iterator[dict[str, Any]]:
                 for index, trace in enumerate(read_jsonl(run.path(TRACES))):
@@ -391,7 +375,8 @@ async def make_pairs(
                         continue
                     yield trace
 
-            await _drive(traces_to_do(), config.concurrency, process, counter)
+            in_flight = config.concurrency * (pool.size if pool else 1)
+            await _drive(traces_to_do(), in_flight, process, counter)
             summary.skipped = counter.skipped
             summary.pairs_now, summary.rejected_now = counter.done, counter.failed
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -400,6 +385,8 @@ async def make_pairs(
     finally:
         if progress is not None:
             progress.stop()
+        if pool is not None:
+            pool.close()
         run.close()
         summary.wall_s = round(time.perf_counter() - started, 2)
         totals = run.totals(DPO, DPO_FAILURES)
@@ -426,6 +413,97 @@ async def make_pairs(
         manifest["updated"] = now()
         run.write_manifest(manifest)
     return summary
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where rows run when not in this process: Ray workers (see aidsafe.distributed)."""
+
+    address: str | None = None  # None: start a local Ray instance
+    workers: int | None = None  # None: one per CPU (per GPU with the vllm backend)
+
+    def pool(
+        self,
+        config: RunConfig,
+        policies: PolicySet,
+        task: Literal["generate", "pairs"],
+        models: Mapping[str, BaseChatModel] | None,
+    ) -> RayPool:
+        from aidsafe.distributed import RayPool
+
+        return RayPool(
+            config, policies, task, address=self.address, workers=self.workers, models=models
+        )
+
+
+@dataclass
+class Outcome:
+    """What one row came to, computed where its graph ran (this process or a Ray worker) and
+    recorded here: the run directory is written by one process only."""
+
+    ok: bool
+    tokens: int  # spent on this row by the process that ran it
+    record: dict[str, Any]  # trace, DPO pair, or failure record
+    sft: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = True  # False: a failure whose checkpoint --retry-failed resumes
+
+
+async def row_outcome(
+    graph: Any, saver: Any, ctx: RecipeContext, config: RunConfig, row: PromptRow
+) -> Outcome:
+    """Run (or continue) one prompt row through the recipe's graph."""
+    if row.prompt is None:
+        failure = failure_record(
+            row.id, row.index, row.prompt, "input", "invalid_prompt", row.problem
+        )
+        return Outcome(False, 0, failure)
+    payload = {"id": row.id, "prompt": row.prompt}
+    limit = 10 + 2 * ctx.deliberation.budget
+    result = await _run_thread(graph, saver, row.id, payload, limit, config.checkpoint)
+    if result.failure is not None:
+        failure = result.failure_record(row.index, row.prompt)
+        return Outcome(False, result.new_tokens, failure, finished=False)
+    trace = trace_record(result.state, ctx)
+    return Outcome(True, result.new_tokens, trace, sft_rows(trace))
+
+
+def record_row(run: RunDirectory, outcome: Outcome) -> None:
+    if outcome.ok:
+        run.record_success(outcome.record, outcome.sft)
+    else:
+        run.record_failure(outcome.record)
+
+
+async def trace_pair_outcome(
+    graph: Any, saver: Any, ctx: RecipeContext, config: RunConfig, trace: dict[str, Any]
+) -> Outcome:
+    """Belief augmentation of one finished AIDSAFE row: a DPO pair or a rejection."""
+    thread_id = f"dpo:{trace['id']}"
+    payload = dict(belief_input(trace))
+    limit = 10 + 4 * ctx.belief.tries
+    result = await _run_thread(graph, saver, thread_id, payload, limit, config.checkpoint)
+    if result.failure is not None:
+        failure = result.failure_record(None, trace["prompt"], trace["id"])
+        return Outcome(False, result.new_tokens, failure, finished=False)
+    row, rejection = pair_outcome(result.state, ctx)
+    if row is not None:
+        return Outcome(True, result.new_tokens, row)
+    assert rejection is not None
+    reason, detail = rejection
+    calls = result.state.get("calls", [])
+    failure = failure_record(
+        trace["id"], None, trace["prompt"], "pair", reason, detail, None, calls
+    )
+    failure["tries"] = result.state.get("tries", [])
+    failure["chosen_verdict"] = result.state.get("chosen_verdict")
+    return Outcome(False, result.new_tokens, failure)
+
+
+def record_pair_outcome(run: RunDirectory, outcome: Outcome) -> None:
+    if outcome.ok:
+        run.record_pair(outcome.record)
+    else:
+        run.record_failure(outcome.record, DPO_FAILURES)
 
 
 @dataclass

@@ -139,6 +139,13 @@ def test_unreachable_endpoint_is_reported_before_the_run(
         ),
         (None, ["policies", "validate", "{tmp}/none.yaml"], "none.yaml: policy file not found"),
         (None, ["export", "{tmp}"], "no sft.jsonl here"),
+        ("rows", ["generate", "{tmp}/p.jsonl", "--engine", "spark"], "--engine: expected local"),
+        ("rows", ["generate", "{tmp}/p.jsonl", "--workers", "2"], "need --engine ray"),
+        (
+            "rows",
+            ["generate", "{tmp}/p.jsonl", "--config", "{tmp}/v.yaml"],
+            "v.yaml: models.default.gpu_memory_utilization: Input should be less than or equal",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_message(
@@ -152,6 +159,9 @@ def test_bad_input_exits_2_with_one_clear_message(
         "name: n\nversion: 1\ndescription: d\npolicies:\n  - id: a\n    description: x\n"
     )
     (tmp_path / "c.yaml").write_text("concurency: 3\n")
+    (tmp_path / "v.yaml").write_text(
+        "models:\n  default:\n    backend: vllm\n    gpu_memory_utilization: 2\n"
+    )
     if setup == "rows":
         write_prompts(tmp_path / "p.jsonl", ["a"])
     if setup == "bad_json":

@@ -1,0 +1,188 @@
+"""`--engine ray`: the same run spread over Ray workers, on one machine or a cluster.
+
+The driver (the `aidsafe` process) streams the input, skips finished rows, hands each row to a
+worker and writes what comes back to the run directory, as a local run does: the ledgers are
+written by one process only, so nothing is merged afterwards and `export`, `grade` and
+`compare` see the usual layout. Each worker is a Ray actor holding its own model clients (an
+OpenAI-compatible endpoint, or its own in-process vLLM engine on its GPU) and the recipe's graph,
+and runs up to `concurrency` rows at once on its own event loop.
+
+A worker that dies (killed, out of memory, node lost) is restarted by Ray, which resubmits the
+rows it had in flight (actor `max_task_retries`); they start again from the beginning, as a
+worker's checkpoints live in its memory. A row whose worker keeps dying is recorded as failed
+(`worker_lost`), so no row is lost either way; `--retry-failed` runs it again."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from langchain_core.language_models import BaseChatModel
+
+from aidsafe.config import BELIEF_ROLES, RunConfig
+from aidsafe.errors import UserError
+from aidsafe.policies import PolicySet
+
+Task = Literal["generate", "pairs"]
+INSTALL_HINT = "install it with: pip install 'aidsafe[ray]'"
+# Times Ray resubmits a row whose worker died before the row is recorded as `worker_lost`.
+ROW_RETRIES = 3
+
+
+def check_ray_available() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError(f"--engine ray needs the ray package; {INSTALL_HINT}")
+
+
+class RecipeWorker:
+    """One Ray actor: a recipe's graph over its own model clients (see the module doc)."""
+
+    def __init__(
+        self,
+        config_data: dict[str, Any],
+        policies: PolicySet,
+        task: Task,
+        models: Mapping[str, BaseChatModel] | None,
+    ) -> None:
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        from aidsafe.belief import compile_belief_graph
+        from aidsafe.context import build_context
+        from aidsafe.graph import compile_graph
+
+        self.config = RunConfig.model_validate(config_data)
+        self.task = task
+        roles = BELIEF_ROLES if task == "pairs" else None
+        self.ctx = build_context(self.config, policies, models, roles=roles)
+        self.saver = InMemorySaver()
+        compile_ = compile_belief_graph if task == "pairs" else compile_graph
+        self.graph = compile_(self.ctx, self.saver)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def run(self, item: Any) -> Any:
+        from aidsafe.runner import row_outcome, trace_pair_outcome
+
+        if self.task == "pairs":
+            outcome = await trace_pair_outcome(self.graph, self.saver, self.ctx, self.config, item)
+            thread_id = f"dpo:{item['id']}"
+        else:
+            outcome = await row_outcome(self.graph, self.saver, self.ctx, self.config, item)
+            thread_id = item.id
+        await self.saver.adelete_thread(thread_id)  # in memory: the driver holds the outcome
+        return outcome
+
+
+def worker_resources(config: RunConfig, roles: list[str]) -> dict[str, float]:
+    """What one worker asks Ray for: a CPU (its event loop), and the GPUs of its own vLLM
+    engine when a role runs on one."""
+    gpus = max(
+        (
+            config.model_for(role).tensor_parallel_size
+            for role in roles
+            if config.model_for(role).backend == "vllm"
+        ),
+        default=0,
+    )
+    return {"num_cpus": 1, "num_gpus": gpus}
+
+
+class RayPool:
+    """Ray actors running one task; `submit` sends a row to the next worker in turn."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        policies: PolicySet,
+        task: Task,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+        models: Mapping[str, BaseChatModel] | None = None,
+    ) -> None:
+        check_ray_available()
+        import ray
+
+        roles = list(BELIEF_ROLES) if task == "pairs" else config.roles()
+        resources = worker_resources(config, roles)
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            try:
+                if address is None:  # a local Ray instance, which may run more workers than cores
+                    wanted = max(workers or 0, os.cpu_count() or 1)
+                    ray.init(
+                        num_cpus=wanted,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        logging_level=logging.ERROR,
+                    )
+                else:
+                    ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            except (ConnectionError, RuntimeError, ValueError) as error:
+                raise UserError(f"--ray-address {address}: cannot join Ray ({error})") from error
+        cluster = ray.cluster_resources()
+        if workers is None:
+            if resources["num_gpus"]:
+                workers = int(cluster.get("GPU", 0) // resources["num_gpus"])
+            else:
+                workers = int(cluster.get("CPU", 1))
+        if workers < 1 or (
+            resources["num_gpus"] and workers * resources["num_gpus"] > cluster.get("GPU", 0)
+        ):
+            self.close()
+            raise UserError(
+                f"--workers {workers}: each worker needs {resources['num_gpus']:g} GPU(s) for its "
+                f"vLLM engine and the Ray cluster has {cluster.get('GPU', 0):g}"
+            )
+        actor = ray.remote(RecipeWorker).options(
+            max_concurrency=config.concurrency,
+            max_restarts=-1,
+            max_task_retries=ROW_RETRIES,
+            **resources,
+        )
+        data = config.model_dump(mode="json")
+        self.workers: list[Any] = [
+            actor.remote(data, policies, task, models) for _ in range(workers)
+        ]
+        self._next = itertools.cycle(self.workers)
+        self.task = task
+
+    @property
+    def size(self) -> int:
+        return len(self.workers)
+
+    def pids(self) -> list[int]:
+        import ray
+
+        return list(ray.get([worker.pid.remote() for worker in self.workers]))
+
+    async def submit(self, item: Any) -> Any:
+        """The worker's Outcome for `item`; a worker lost for good gives a failure record."""
+        from ray.exceptions import RayActorError
+
+        from aidsafe.runner import Outcome, failure_record
+
+        try:
+            return await next(self._next).run.remote(item)
+        except RayActorError as error:
+            if self.task == "pairs":
+                row_id, index, prompt = item["id"], None, item["prompt"]
+            else:
+                row_id, index, prompt = item.id, item.index, item.prompt
+            detail = f"the Ray worker died {ROW_RETRIES + 1} times running this row: {error}"
+            failure = failure_record(row_id, index, prompt, "worker", "worker_lost", detail)
+            return Outcome(False, 0, failure)
+
+    def close(self) -> None:
+        import ray
+
+        for worker in getattr(self, "workers", []):
+            ray.kill(worker)
+        if self.started_ray:
+            ray.shutdown()
