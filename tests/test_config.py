@@ -86,3 +86,17 @@ def test_fingerprint_ignores_concurrency_and_retries_but_not_sampling() -> None:
 def test_provenance_never_holds_the_api_key_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(None, {"models": {"default": {"api_key_env": "MY_SECRET_KEY"}}})
     assert "MY_SECRET_KEY" not in str(config.fingerprint_data())
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p
+        for p in (Path(__file__).parent.parent / "examples").glob("*.yaml")
+        if "polic" not in p.name
+    ),
+    ids=lambda p: p.name,
+)
+def test_every_example_config_loads(path: Path) -> None:
+    config = load_config(path)
+    assert config.roles() and all(config.model_for(role) for role in config.roles())
