@@ -19,7 +19,7 @@ import pytest
 from aidsafe.config import RunConfig
 from aidsafe.inputs import PromptSource
 from aidsafe.rundir import RunDirectory
-from aidsafe.runner import Engine, RunSummary, generate
+from aidsafe.runner import Engine, RunSummary, generate, make_pairs
 from aidsafe.testing import StubOpenAIServer
 from tests.conftest import make_config, read_jsonl, write_prompts
 
@@ -66,7 +66,7 @@ def run(
 def comparable(value: Any) -> Any:
     """A ledger row without its timings."""
     if isinstance(value, dict):
-        return {k: comparable(v) for k, v in value.items() if k != "latency_s"}
+        return {k: comparable(v) for k, v in value.items() if k not in ("latency_s", "failed_at")}
     if isinstance(value, list):
         return [comparable(item) for item in value]
     return value
@@ -95,6 +95,20 @@ def test_two_workers_write_what_one_process_writes_and_resume_skips_every_row(
     again = run(tmp_path, "ray", prompts, config, Engine(workers=2))
     assert (again.done_now, again.failed_now, again.skipped) == (0, 0, 13)
     assert len(read_jsonl(tmp_path / "ray" / "traces.jsonl")) == 12
+    # belief augmentation spreads the same way: each finished row becomes a pair or a rejection
+    for name, engine in (("single", None), ("ray", Engine(workers=2))):
+        asyncio.run(
+            make_pairs(RunDirectory(tmp_path / name), config, show_progress=False, engine=engine)
+        )
+    for ledger in ("dpo.jsonl", "dpo_failures.jsonl"):
+        ray_rows = read_jsonl(tmp_path / "ray" / ledger)
+        assert len(ray_rows) == len(by_id(ray_rows))
+        local_rows = read_jsonl(tmp_path / "single" / ledger)
+        assert comparable(by_id(ray_rows)) == comparable(by_id(local_rows))
+    paired = read_jsonl(tmp_path / "ray" / "dpo.jsonl") + read_jsonl(
+        tmp_path / "ray" / "dpo_failures.jsonl"
+    )
+    assert sorted(row["id"] for row in paired) == sorted(f"p{n}" for n in range(12))
 
 
 def worker_pids() -> list[int]:
