@@ -231,16 +231,12 @@ async def generate(
                 progress.start()
             counter = _Progress(progress, "generating", total)
 
-            async def process(row: PromptRow) -> tuple[bool, int]:
-                if pool is not None:
-                    outcome: Outcome = await pool.submit(row)
-                else:
-                    outcome = await row_outcome(graph, saver, ctx, config, row)
-                record_row(run, outcome)
-                if outcome.ok and pool is None:
-                    await saver.adelete_thread(row.id)  # only once the ledger holds the row
-                return outcome.ok, outcome.tokens
-
+            process = _processor(
+                pool,
+                lambda row: row_outcome(graph, saver, ctx, config, row),
+                lambda outcome: record_row(run, outcome),
+                lambda row: saver.adelete_thread(row.id),
+            )
             rows = _rows_to_do(source, limit, ledger, run, counter)
             in_flight = config.concurrency * (pool.size if pool else 1)
             await _drive(rows, in_flight, process, counter)
@@ -356,15 +352,12 @@ async def make_pairs(
                 progress.start()
             counter = _Progress(progress, "pairing", total)
 
-            async def process(trace: dict[str, Any]) -> tuple[bool, int]:
-                if pool is not None:
-                    outcome: Outcome = await pool.submit(trace)
-                else:
-                    outcome = await trace_pair_outcome(graph, saver, ctx, config, trace)
-                record_pair_outcome(run, outcome)
-                if outcome.finished and pool is None:
-                    await saver.adelete_thread(f"dpo:{trace['id']}")
-                return outcome.ok, outcome.tokens
+            process = _processor(
+                pool,
+                lambda trace: trace_pair_outcome(graph, saver, ctx, config, trace),
+                lambda outcome: record_pair_outcome(run, outcome),
+                lambda trace: saver.adelete_thread(f"dpo:{trace['id']}"),
+            )
 
             def traces_to_do() -> Iterator[dict[str, Any]]:
                 for index, trace in enumerate(read_jsonl(run.path(TRACES))):
@@ -465,6 +458,25 @@ async def row_outcome(
         return Outcome(False, result.new_tokens, failure, finished=False)
     trace = trace_record(result.state, ctx)
     return Outcome(True, result.new_tokens, trace, sft_rows(trace))
+
+
+def _processor(
+    pool: RayPool | None,
+    compute: Callable[[Any], Awaitable[Outcome]],
+    record: Callable[[Outcome], None],
+    forget: Callable[[Any], Awaitable[None]],
+) -> Callable[[Any], Awaitable[tuple[bool, int]]]:
+    """Compute an item's outcome here or on a Ray worker, record it, then drop its local
+    checkpoint (only once the ledger holds the outcome)."""
+
+    async def process(item: Any) -> tuple[bool, int]:
+        outcome: Outcome = await (pool.submit(item) if pool is not None else compute(item))
+        record(outcome)
+        if outcome.finished and pool is None:
+            await forget(item)
+        return outcome.ok, outcome.tokens
+
+    return process
 
 
 def record_row(run: RunDirectory, outcome: Outcome) -> None:
