@@ -35,7 +35,6 @@ from aidsafe.models.vllm import (
     chat_messages,
     complete,
     engine_for,
-    prefix_cache_counts,
 )
 from aidsafe.policies import load_policies
 from aidsafe.rundir import RunDirectory
@@ -50,6 +49,7 @@ class RecordingChatVLLM(ChatVLLM):
 
     log: list[Request]
     generated: list[int]
+    prompt_tokens: list[tuple[int, int]]  # (prompt tokens, of which found in the prefix cache)
 
     async def _agenerate(
         self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
@@ -59,6 +59,8 @@ class RecordingChatVLLM(ChatVLLM):
         result = await super()._agenerate(messages, stop, run_manager, **kwargs)
         usage = result.generations[0].message.usage_metadata or {}  # type: ignore[attr-defined]
         self.generated.append(int(usage.get("output_tokens", 0)))
+        cached = result.generations[0].message.response_metadata.get("cached_tokens") or 0
+        self.prompt_tokens.append((int(usage.get("input_tokens", 0)), int(cached)))
         return result
 
 
@@ -84,17 +86,17 @@ async def replay(settings: EngineSettings, requests: list[Request]) -> dict[str,
     """Every request at once, on a cold prefix cache: tokens/s and the prefix-cache hit rate."""
     engine = engine_for(settings)
     await engine.llm.reset_prefix_cache()
-    queries, hits = prefix_cache_counts()
     started = time.perf_counter()
     outputs = await asyncio.gather(*(complete(engine, m, s) for m, s in requests))
     wall = time.perf_counter() - started
-    new_queries, new_hits = prefix_cache_counts()
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    hits = sum(o.num_cached_tokens or 0 for o in outputs)
+    queries = sum(len(o.prompt_token_ids) for o in outputs)
     return {
         "tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall,
-        "hit_rate": (new_hits - hits) / max(1, new_queries - queries),
+        "hit_rate": hits / max(1, queries),
     }
 
 
@@ -106,6 +108,7 @@ async def benchmark(model: str, prompts: int, concurrency: int, workdir: Path) -
     config = load_config(None, overrides)
     log: list[Request] = []
     generated: list[int] = []
+    prompt_tokens: list[tuple[int, int]] = []
     models = {}
     for role in config.roles():
         c = config.model_for(role)
@@ -117,6 +120,7 @@ async def benchmark(model: str, prompts: int, concurrency: int, workdir: Path) -
             seed=c.seed,
             log=log,
             generated=generated,
+            prompt_tokens=prompt_tokens,
         )
     settings = EngineSettings.of(config.model_for("drafter"))
     console = Console(stderr=True)
@@ -138,15 +142,14 @@ async def benchmark(model: str, prompts: int, concurrency: int, workdir: Path) -
     await pipeline("warmup", min(16, prompts))  # CUDA graphs, grammar compilation
     log.clear()
     generated.clear()
-    queries, hits = prefix_cache_counts()
+    prompt_tokens.clear()
     wall, done = await pipeline("timed", prompts)
-    new_queries, new_hits = prefix_cache_counts()
     requests = list(log)
     pipeline_rate = sum(generated) / wall
     raw = await replay(settings, requests)
     policy_block = load_policies(config.policies).render()
     control = await replay(settings, [(policies_last(m, policy_block), s) for m, s in requests])
-    pipeline_hit = (new_hits - hits) / max(1, new_queries - queries)
+    pipeline_hit = sum(c for _, c in prompt_tokens) / max(1, sum(n for n, _ in prompt_tokens))
     print(f"model {model}: {prompts} prompts ({done} done), {len(requests)} requests")
     print(
         f"pipeline at concurrency {concurrency}: {sum(generated)} generated tokens in "

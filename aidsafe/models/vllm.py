@@ -272,17 +272,3 @@ class ChatVLLM(BaseChatModel):
             "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
         }
         return self.bind(response_format=response_format) | json_answer_parser(schema, include_raw)
-
-
-def prefix_cache_counts() -> tuple[int, int]:
-    """(prompt tokens queried, prompt tokens found in the prefix cache) over this process's
-    vLLM engines so far, from vLLM's in-process metrics."""
-    from vllm.v1.metrics.reader import Counter, get_metrics_snapshot
-
-    queries = hits = 0
-    for metric in get_metrics_snapshot():
-        if isinstance(metric, Counter) and metric.name == "vllm:prefix_cache_queries":
-            queries += metric.value
-        elif isinstance(metric, Counter) and metric.name == "vllm:prefix_cache_hits":
-            hits += metric.value
-    return queries, hits
