@@ -21,7 +21,7 @@ from aidsafe.inputs import PromptSource
 from aidsafe.rundir import RunDirectory
 from aidsafe.runner import Engine, RunSummary, generate, make_pairs
 from aidsafe.testing import StubOpenAIServer
-from tests.conftest import make_config, read_jsonl, write_prompts
+from tests.conftest import INTENTS, make_config, read_jsonl, scripted, write_prompts
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="ray not installed (pip install -e '.[ray]')"
@@ -157,3 +157,36 @@ def test_a_worker_killed_mid_run_loses_no_row_and_duplicates_none(
     assert [f["reason"] for f in failed] == []  # Ray restarted the worker and reran its rows
     assert summary.done_now == rows
     assert len(read_jsonl(tmp_path / "run" / "sft.jsonl")) == rows
+
+
+def kill_worker_on_poison(messages: list[Any]) -> dict[str, Any]:
+    """A decomposer that kills its own worker process when the prompt says so."""
+    if "poison" in messages[-1].text:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return INTENTS
+
+
+def test_a_row_that_always_kills_its_worker_is_recorded_as_worker_lost(
+    tmp_path: Path, ray_instance: None
+) -> None:
+    prompts = write_prompts(
+        tmp_path / "p.jsonl", ["prompt 0", "poison 1", "prompt 2", "prompt 3", "prompt 4"]
+    )
+    models = scripted(decomposer=[kill_worker_on_poison])
+    config = make_config(concurrency=1)
+    summary = asyncio.run(
+        generate(
+            PromptSource(str(prompts)),
+            RunDirectory(tmp_path / "run"),
+            config,
+            models=models,
+            show_progress=False,
+            engine=Engine(workers=2),
+        )
+    )
+    failed = read_jsonl(tmp_path / "run" / "failures.jsonl")
+    assert [(f["id"], f["reason"], f["stage"]) for f in failed] == [("p1", "worker_lost", "worker")]
+    assert "died 4 times" in failed[0]["detail"]
+    done = sorted(t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl"))
+    assert done == ["p0", "p2", "p3", "p4"]
+    assert (summary.done_now, summary.failed_now) == (4, 1)
