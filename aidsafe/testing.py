@@ -140,6 +140,9 @@ class StubOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+            # headers and body go out in two writes: without this, Nagle's algorithm and the
+            # client's delayed ACK hold the body back ~40 ms on a kept-alive connection
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

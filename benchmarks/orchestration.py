@@ -108,7 +108,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--levels", default="1,16,64,256")
-    parser.add_argument("--rows-per-slot", type=int, default=4, help="rows = slots x this")
+    parser.add_argument(
+        "--rows-per-slot",
+        type=int,
+        default=4,
+        help="rows = slots x this, at least --min-rows (so a run's start-up is a small share)",
+    )
+    parser.add_argument("--min-rows", type=int, default=32)
     parser.add_argument("--memory", action="store_true", help="also the 10,000-row memory run")
     parser.add_argument("--checkpoint", default="step", choices=("step", "row"))
     options = parser.parse_args()
@@ -140,7 +146,7 @@ def main() -> None:
             )
             print(f"{'in flight':>10} {'rows':>6} {'rows/s':>8} {'ideal':>8} {'efficiency':>10}")
             for level in (int(x) for x in options.levels.split(",")):
-                rows = level * options.rows_per_slot
+                rows = max(level * options.rows_per_slot, options.min_rows)
                 result = run(url, rows, level, workdir, f"c{level}", options.checkpoint)
                 calls_per_row = result["calls"] / result["rows"]
                 ideal = level / (calls_per_row * options.latency)
