@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
@@ -14,6 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from aidsafe.errors import UserError
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Generate policy-embedded chain-of-thought safety data with LLM agents.",
@@ -139,7 +142,7 @@ def generate(
     )
     run = RunDirectory(out_dir)
     try:
-        summary = asyncio.run(
+        summary = _run(
             run_generate(
                 source,
                 run,
@@ -215,6 +218,18 @@ def _model_overrides(
     return {"models": {"default": default_model}}
 
 
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; then stop any in-process vLLM engine it started (its worker
+    processes and GPU memory), also when interrupted."""
+    try:
+        return asyncio.run(work)
+    finally:
+        if "aidsafe.models.vllm" in sys.modules:
+            from aidsafe.models.vllm import shutdown_engines
+
+            shutdown_engines()
+
+
 def _engine(engine: str, ray_address: str | None, workers: int | None) -> Any:
     from aidsafe.runner import Engine
 
@@ -272,7 +287,7 @@ def dpo(
     }
     settings = load_config(config, overrides)
     try:
-        summary = asyncio.run(
+        summary = _run(
             make_pairs(
                 run,
                 settings,
@@ -420,7 +435,7 @@ def judge(
         extra_fields=(group_field,) if group_field else (),
     )
     try:
-        summary = asyncio.run(
+        summary = _run(
             judge_responses(
                 source,
                 RunDirectory(out_dir),
@@ -545,7 +560,7 @@ def grade(
         source.check()
         items = dataset_items(source, cot, response_field)
         target = RunDirectory(out_dir)
-    summary = asyncio.run(grade_items(items, target, settings, force=force, limit=limit))
+    summary = _run(grade_items(items, target, settings, force=force, limit=limit))
     table = Table(title=f"grades ({summary.summary['grader']})")
     for column in ("metric", "mean", "95% CI", "graded", "unparseable"):
         table.add_column(column)

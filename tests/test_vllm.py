@@ -8,15 +8,20 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from importlib.machinery import ModuleSpec
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from aidsafe.config import ModelConfig, load_config
 from aidsafe.errors import UserError
+from aidsafe.inputs import PromptSource
 from aidsafe.models import build_chat_model
+from aidsafe.models import vllm as vllm_backend
 from aidsafe.models.structured import structured_method
 from aidsafe.models.vllm import (
     ChatVLLM,
@@ -27,8 +32,11 @@ from aidsafe.models.vllm import (
     result_message,
     sampling_kwargs,
 )
+from aidsafe.rundir import RunDirectory
+from aidsafe.runner import generate
 from aidsafe.schemas import Intents
-from tests.conftest import read_jsonl
+from aidsafe.testing import example_instance
+from tests.conftest import make_config, read_jsonl, write_prompts
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -193,3 +201,99 @@ def test_generate_on_an_in_process_vllm_engine(tmp_path: Path) -> None:
         assert trace["models"]["drafter"]["backend"] == "vllm"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["done"] == len(traces)
+
+
+class FakeTokenizer:
+    """Stands in for the model's tokenizer: a visible chat template, one id per character."""
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
+        assert kwargs == {"add_generation_prompt": True, "tokenize": False}
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        assert add_special_tokens is False
+        return [ord(c) % 256 for c in text]
+
+
+class FakeAsyncLLM:
+    """Stands in for vllm's AsyncLLM: answers every request with a schema-valid instance."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, Any], Any, str]] = []
+
+    async def generate(self, prompt: dict[str, Any], sampling: Any, request_id: str) -> Any:
+        self.requests.append((prompt, sampling, request_id))
+        schema = sampling.kwargs["structured_outputs"].kwargs["json"]
+        text = json.dumps(example_instance(schema))
+        completion = SimpleNamespace(text=text, token_ids=[1] * 7, finish_reason="stop")
+        yield SimpleNamespace(
+            outputs=[completion], prompt_token_ids=prompt["prompt_token_ids"], num_cached_tokens=0
+        )
+
+    def shutdown(self) -> None:
+        pass
+
+
+class Recorded:
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAsyncLLM]:
+    """A `vllm` module whose AsyncLLM is FakeAsyncLLM: the adapter's own code runs for real."""
+    llm = FakeAsyncLLM()
+    vllm = ModuleType("vllm")
+    vllm.__spec__ = ModuleSpec("vllm", None)
+    vllm.SamplingParams = Recorded  # type: ignore[attr-defined]
+    vllm.AsyncEngineArgs = Recorded  # type: ignore[attr-defined]
+    params = ModuleType("vllm.sampling_params")
+    params.StructuredOutputsParams = Recorded  # type: ignore[attr-defined]
+    params.RequestOutputKind = SimpleNamespace(FINAL_ONLY="final-only")  # type: ignore[attr-defined]
+    engine = ModuleType("vllm.v1.engine.async_llm")
+
+    class AsyncLLM:
+        @staticmethod
+        def from_engine_args(args: Recorded) -> Any:
+            llm.engine_args = args.kwargs  # type: ignore[attr-defined]
+            llm.get_tokenizer = FakeTokenizer  # type: ignore[attr-defined]
+            return llm
+
+    engine.AsyncLLM = AsyncLLM  # type: ignore[attr-defined]
+    for name, module in {
+        "vllm": vllm,
+        "vllm.sampling_params": params,
+        "vllm.v1": ModuleType("vllm.v1"),
+        "vllm.v1.engine": ModuleType("vllm.v1.engine"),
+        "vllm.v1.engine.async_llm": engine,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    yield llm
+    vllm_backend.shutdown_engines()
+
+
+async def test_a_run_on_the_vllm_backend_goes_through_one_shared_engine(
+    tmp_path: Path, fake_vllm: FakeAsyncLLM
+) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["first prompt", "second prompt"])
+    config = make_config(
+        concurrency=2,
+        models={"default": {"backend": "vllm", "model": "/models/smol", "retry_wait": 0}},
+    )
+    summary = await generate(
+        PromptSource(str(prompts)), RunDirectory(tmp_path / "run"), config, show_progress=False
+    )
+    assert (summary.done_now, summary.failed_now) == (2, 0)
+    assert fake_vllm.engine_args["model"] == "/models/smol"  # type: ignore[attr-defined]
+    assert fake_vllm.engine_args["enable_prefix_caching"] is True  # type: ignore[attr-defined]
+    assert len(fake_vllm.requests) == 2 * 4  # every role, one engine
+    assert len({request_id for _, _, request_id in fake_vllm.requests}) == 8
+    prompt, sampling, _ = fake_vllm.requests[0]
+    assert sampling.kwargs["output_kind"] == "final-only"
+    assert sampling.kwargs["temperature"] == 0.7  # the decomposer's default
+    text = "".join(chr(i) for i in prompt["prompt_token_ids"])
+    assert text.startswith("<system># Safety policies") and text.endswith("<assistant>")
+    traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
+    assert all(call["output_tokens"] == 7 for trace in traces for call in trace["calls"])
+    refiner = [s for _, s, _ in fake_vllm.requests if s.kwargs["temperature"] == 0.0]
+    assert refiner, "the refiner samples at its own temperature on the shared engine"
