@@ -234,9 +234,10 @@ def _engine(engine: str, ray_address: str | None, workers: int | None) -> Any:
     from aidsafe.runner import Engine
 
     if engine == "ray":
-        from aidsafe.distributed import check_ray_available
+        from aidsafe.distributed import check_address, check_ray_available
 
         check_ray_available()
+        check_address(ray_address)
         return Engine(address=ray_address, workers=workers)
     if engine != "local":
         raise UserError(f"--engine: expected local or ray, got {engine!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -37,6 +38,24 @@ def check_ray_available() -> None:
 
     if importlib.util.find_spec("ray") is None:
         raise UserError(f"--engine ray needs the ray package; {INSTALL_HINT}")
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail at once, not after minutes of Ray's own retries, when nothing answers at a
+    `host:port` or `ray://host:port` cluster address (`auto` is left to Ray)."""
+    if address is None or address == "auto":
+        return
+    host_port = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address {address}: expected auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise UserError(
+            f"--ray-address {address}: nothing answers at {host}:{port} ({error}); start the "
+            "cluster (`ray start --head`) or fix the address"
+        ) from error
 
 
 class RecipeWorker:

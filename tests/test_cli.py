@@ -143,6 +143,16 @@ def test_unreachable_endpoint_is_reported_before_the_run(
         ("rows", ["generate", "{tmp}/p.jsonl", "--workers", "2"], "need --engine ray"),
         (
             "rows",
+            ["generate", "{tmp}/p.jsonl", "--engine", "ray", "--ray-address", "127.0.0.1:9"],
+            "--ray-address 127.0.0.1:9: nothing answers at 127.0.0.1:9",
+        ),
+        (
+            "rows",
+            ["generate", "{tmp}/p.jsonl", "--engine", "ray", "--ray-address", "headnode"],
+            "expected auto, host:port or ray://host:port",
+        ),
+        (
+            "rows",
             ["generate", "{tmp}/p.jsonl", "--config", "{tmp}/v.yaml"],
             "v.yaml: models.default.gpu_memory_utilization: Input should be less than or equal",
         ),
