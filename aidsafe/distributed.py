@@ -112,6 +112,13 @@ def worker_resources(config: RunConfig, roles: list[str]) -> dict[str, float]:
     return {"num_cpus": 1, "num_gpus": gpus}
 
 
+def worker_env(config: RunConfig, roles: list[str]) -> dict[str, str]:
+    """The API keys the workers' models read, from the driver's environment: workers on other
+    nodes do not share it."""
+    names = {config.model_for(role).api_key_env for role in roles}
+    return {name: os.environ[name] for name in sorted(names) if name in os.environ}
+
+
 class RayPool:
     """Ray actors running one task; `submit` sends a row to the next worker in turn."""
 
@@ -163,6 +170,7 @@ class RayPool:
             max_concurrency=config.concurrency,
             max_restarts=-1,
             max_task_retries=ROW_RETRIES,
+            runtime_env={"env_vars": worker_env(config, roles)},
             **resources,
         )
         data = config.model_dump(mode="json")

@@ -190,3 +190,21 @@ def test_a_row_that_always_kills_its_worker_is_recorded_as_worker_lost(
     done = sorted(t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl"))
     assert done == ["p0", "p2", "p3", "p4"]
     assert (summary.done_now, summary.failed_now) == (4, 1)
+
+
+def test_workers_get_the_api_keys_their_models_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aidsafe.distributed import worker_env
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-one")
+    monkeypatch.setenv("JUDGE_KEY", "sk-two")
+    monkeypatch.setenv("UNRELATED", "x")
+    config = make_config(models={"default": {"backend": "openai", "model": "m"}})
+    assert worker_env(config, config.roles()) == {"OPENAI_API_KEY": "sk-one"}
+    config = make_config(
+        recipe="unsafechain",
+        models={
+            "default": {"backend": "openai", "model": "m"},
+            "judge": {"api_key_env": "JUDGE_KEY"},
+        },
+    )
+    assert worker_env(config, config.roles()) == {"JUDGE_KEY": "sk-two", "OPENAI_API_KEY": "sk-one"}
