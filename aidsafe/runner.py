@@ -121,9 +121,8 @@ class _Progress:
         self.tokens += tokens
         if self.progress is not None and self.task is not None:
             rate = (self.done + self.failed) / max(time.perf_counter() - self.started, 1e-9)
-            status = (
-                f"ok {self.done}  failed {self.failed}  {rate:.2f} rows/s  tokens {self.tokens:,}"
-            )
+            speed = f"{rate:.1f} rows/s" if rate >= 1 else f"{60 * rate:.1f} rows/min"
+            status = f"ok {self.done}  failed {self.failed}  {speed}  tokens {self.tokens:,}"
             self.progress.update(self.task, advance=1, status=status)
 
 
