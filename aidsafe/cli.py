@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -141,6 +142,7 @@ def generate(
         id_field_required="id_field" in settings.input.model_fields_set,
     )
     run = RunDirectory(out_dir)
+    ray_engine = _engine(engine, ray_address, workers)
     try:
         summary = _run(
             run_generate(
@@ -153,8 +155,9 @@ def generate(
                 console=err,
                 show_progress=not quiet,
                 select=select,
-                engine=_engine(engine, ray_address, workers),
-            )
+                engine=ray_engine,
+            ),
+            ray_engine,
         )
     except KeyboardInterrupt:
         err.print(
@@ -218,11 +221,13 @@ def _model_overrides(
     return {"models": {"default": default_model}}
 
 
-def _run(work: Coroutine[Any, Any, T]) -> T:
-    """Run a command's coroutine; then stop any in-process vLLM engine it started (its worker
-    processes and GPU memory), also when interrupted."""
+def _run(work: Coroutine[Any, Any, T], engine: Any = None) -> T:
+    """Run a command's coroutine (inside one Ray session with --engine ray); then stop any
+    in-process vLLM engine it started (its worker processes and GPU memory), also when
+    interrupted."""
     try:
-        return asyncio.run(work)
+        with engine.session() if engine is not None else contextlib.nullcontext():
+            return asyncio.run(work)
     finally:
         if "aidsafe.models.vllm" in sys.modules:
             from aidsafe.models.vllm import shutdown_engines
@@ -287,6 +292,7 @@ def dpo(
         **_model_overrides(backend, model, base_url, api_key_env, temperature, max_tokens),
     }
     settings = load_config(config, overrides)
+    ray_engine = _engine(engine, ray_address, workers)
     try:
         summary = _run(
             make_pairs(
@@ -297,8 +303,9 @@ def dpo(
                 retry_failed=retry_failed,
                 console=err,
                 show_progress=not quiet,
-                engine=_engine(engine, ray_address, workers),
-            )
+                engine=ray_engine,
+            ),
+            ray_engine,
         )
     except KeyboardInterrupt:
         err.print(

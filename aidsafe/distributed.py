@@ -14,11 +14,12 @@ worker's checkpoints live in its memory. A row whose worker keeps dying is recor
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
@@ -112,6 +113,43 @@ def worker_resources(config: RunConfig, roles: list[str]) -> dict[str, float]:
     return {"num_cpus": 1, "num_gpus": gpus}
 
 
+def start_ray(address: str | None, workers: int | None) -> bool:
+    """Join the cluster at `address`, or start a local Ray instance (which may run more workers
+    than there are cores); False when this process is already connected."""
+    check_ray_available()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        if address is None:
+            wanted = max(workers or 0, os.cpu_count() or 1)
+            ray.init(
+                num_cpus=wanted,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise UserError(f"--ray-address {address}: cannot join Ray ({error})") from error
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, workers: int | None) -> Iterator[None]:
+    """Ray for the length of a command: its phases (rows, then DPO pairs) share one instance."""
+    import ray
+
+    started = start_ray(address, workers)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def worker_env(config: RunConfig, roles: list[str]) -> dict[str, str]:
     """The API keys the workers' models read, from the driver's environment: workers on other
     nodes do not share it."""
@@ -137,21 +175,7 @@ class RayPool:
 
         roles = list(BELIEF_ROLES) if task == "pairs" else config.roles()
         resources = worker_resources(config, roles)
-        self.started_ray = not ray.is_initialized()
-        if self.started_ray:
-            try:
-                if address is None:  # a local Ray instance, which may run more workers than cores
-                    wanted = max(workers or 0, os.cpu_count() or 1)
-                    ray.init(
-                        num_cpus=wanted,
-                        include_dashboard=False,
-                        log_to_driver=False,
-                        logging_level=logging.ERROR,
-                    )
-                else:
-                    ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-            except (ConnectionError, RuntimeError, ValueError) as error:
-                raise UserError(f"--ray-address {address}: cannot join Ray ({error})") from error
+        self.started_ray = start_ray(address, workers)
         cluster = ray.cluster_resources()
         if workers is None:
             if resources["num_gpus"]:

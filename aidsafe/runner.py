@@ -427,6 +427,12 @@ class Engine:
             config, policies, task, address=self.address, workers=self.workers, models=models
         )
 
+    def session(self) -> contextlib.AbstractContextManager[None]:
+        """Ray for the length of a command, shared by its phases."""
+        from aidsafe.distributed import ray_session
+
+        return ray_session(self.address, self.workers)
+
 
 @dataclass
 class Outcome:
