@@ -8,6 +8,8 @@ import asyncio
 import importlib.util
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -208,3 +210,21 @@ def test_workers_get_the_api_keys_their_models_read(monkeypatch: pytest.MonkeyPa
         },
     )
     assert worker_env(config, config.roles()) == {"JUDGE_KEY": "sk-two", "OPENAI_API_KEY": "sk-one"}
+
+
+def test_the_cli_runs_sft_and_dpo_phases_on_one_local_ray_instance(
+    tmp_path: Path, stub: StubOpenAIServer
+) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(6)])
+    out = tmp_path / "run"
+    command = [
+        *(sys.executable, "-m", "aidsafe", "generate", str(prompts), "--out", str(out)),
+        *("--base-url", stub.base_url, "--model", "stub", "--recipe", "aidsafe-dpo"),
+        *("--engine", "ray", "--workers", "2", "--quiet"),
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "done / failed this run │ 6 / 0" in " ".join(finished.stdout.split())
+    assert len(read_jsonl(out / "traces.jsonl")) == 6
+    paired = read_jsonl(out / "dpo.jsonl") + read_jsonl(out / "dpo_failures.jsonl")
+    assert sorted(row["id"] for row in paired) == [f"p{n}" for n in range(6)]
