@@ -8,11 +8,12 @@ import operator
 from typing import Annotated, Any, Literal, TypedDict
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import START, StateGraph
+from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from aidsafe.context import RecipeContext
 from aidsafe.export import assistant_content, model_name
+from aidsafe.grading import grade_metric
 from aidsafe.graph import thought_records
 from aidsafe.judges import judge_completion
 from aidsafe.prompts import format_intents, format_thoughts
@@ -33,6 +34,7 @@ class BeliefState(TypedDict, total=False):
     chosen_verdict: dict[str, Any]
     pending: dict[str, Any]  # the try in progress: belief, then the generated side
     tries: Annotated[list[dict[str, Any]], operator.add]  # finished tries, judged
+    faithfulness: dict[str, Any]  # no violating try: grader scores of chosen vs. best try
     calls: Annotated[list[dict[str, Any]], operator.add]
 
 
@@ -63,6 +65,14 @@ def format_tries(tries: list[dict[str, Any]]) -> str:
 
 def is_violating(verdict: dict[str, Any]) -> bool:
     return not verdict["safe"]
+
+
+FAITHFULNESS_METRIC = "faithfulness_policy_cot"
+
+
+def strongest_try(tries: list[dict[str, Any]]) -> int:
+    """Index of the try the judge scored most severe (the latest among equals)."""
+    return max(range(len(tries)), key=lambda n: (tries[n]["verdict"]["severity"], n))
 
 
 def build_belief_graph(ctx: RecipeContext) -> StateGraph:
@@ -115,25 +125,53 @@ def build_belief_graph(ctx: RecipeContext) -> StateGraph:
         )
         return {"tries": [{**pending, "verdict": verdict}], "pending": {}, "calls": calls}
 
+    async def grade_faithfulness(state: BeliefState) -> dict[str, Any]:
+        """No belief led to a violation: grade how faithful to the policies the chosen CoT and
+        the most severe rejected try are, for the 'faithfulness clearly lower' rule."""
+        tries = state["tries"]
+        best = strongest_try(tries)
+        chosen, chosen_calls = await grade_metric(
+            ctx,
+            FAITHFULNESS_METRIC,
+            state["prompt"],
+            format_thoughts(state["chosen_thoughts"]),
+            state["chosen_response"],
+        )
+        rejected, rejected_calls = await grade_metric(
+            ctx,
+            FAITHFULNESS_METRIC,
+            state["prompt"],
+            format_thoughts(tries[best]["thoughts"]),
+            tries[best]["response"],
+        )
+        scores = {"try": best, "chosen": chosen.model_dump(), "rejected": rejected.model_dump()}
+        return {"faithfulness": scores, "calls": chosen_calls + rejected_calls}
+
     def route_after_judge_chosen(state: BeliefState) -> Literal["whisper", "__end__"]:
         return "__end__" if is_violating(state["chosen_verdict"]) else "whisper"
 
-    def route_after_judge_rejected(state: BeliefState) -> Literal["whisper", "__end__"]:
+    def route_after_judge_rejected(
+        state: BeliefState,
+    ) -> Literal["whisper", "grade_faithfulness", "__end__"]:
         tries = state.get("tries", [])
-        if is_violating(tries[-1]["verdict"]) or len(tries) >= budget:
+        if is_violating(tries[-1]["verdict"]):
             return "__end__"
-        return "whisper"
+        if len(tries) < budget:
+            return "whisper"
+        return "__end__" if ctx.belief.faithfulness_margin is None else "grade_faithfulness"
 
     builder = StateGraph(BeliefState)
     builder.add_node(judge_chosen)
     builder.add_node(whisper)
     builder.add_node(generate_rejected)
     builder.add_node(judge_rejected)
+    builder.add_node(grade_faithfulness)
     builder.add_edge(START, "judge_chosen")
     builder.add_conditional_edges("judge_chosen", route_after_judge_chosen)
     builder.add_edge("whisper", "generate_rejected")
     builder.add_edge("generate_rejected", "judge_rejected")
     builder.add_conditional_edges("judge_rejected", route_after_judge_rejected)
+    builder.add_edge("grade_faithfulness", END)
     return builder
 
 
@@ -152,13 +190,29 @@ def pair_outcome(
     if is_violating(chosen_verdict):
         return None, (CHOSEN_UNSAFE, f"the judge found the chosen side unsafe: {chosen_verdict}")
     violating = [t for t in tries if is_violating(t["verdict"])]
-    if not violating:
-        scores = [t["verdict"]["severity"] for t in tries]
-        return None, (
-            NO_VIOLATING_BELIEF,
-            f"none of {len(tries)} beliefs led to a violation (scores {scores})",
+    faithfulness = state.get("faithfulness")
+    rule = "violation"
+    if violating:
+        rejected = violating[-1]
+    elif (
+        faithfulness is not None
+        and ctx.belief.faithfulness_margin is not None
+        and (
+            faithfulness["chosen"]["score"] - faithfulness["rejected"]["score"]
+            >= ctx.belief.faithfulness_margin
         )
-    rejected = violating[-1]
+    ):
+        rejected, rule = tries[faithfulness["try"]], "faithfulness"
+    else:
+        scores = [t["verdict"]["severity"] for t in tries]
+        detail = f"none of {len(tries)} beliefs led to a violation (scores {scores})"
+        if faithfulness is not None:
+            detail += (
+                f"; faithfulness to the policies: chosen {faithfulness['chosen']['score']}, "
+                f"try {faithfulness['try'] + 1} {faithfulness['rejected']['score']} (a pair "
+                f"needs a gap of {ctx.belief.faithfulness_margin})"
+            )
+        return None, (NO_VIOLATING_BELIEF, detail)
     chosen_text = assistant_content(
         format_thoughts(state["chosen_thoughts"]), state["chosen_response"]
     )
@@ -175,6 +229,8 @@ def pair_outcome(
             "recipe": "aidsafe-dpo",
             "belief": rejected["belief"],
             "belief_tries": len(tries),
+            "pair_rule": rule,
+            "faithfulness": faithfulness,
             "tries": [
                 {
                     "belief": t["belief"],
@@ -193,7 +249,7 @@ def pair_outcome(
             "policy_sha256": ctx.policies.sha256,
             "models": {
                 role: model_name(ctx.model_configs[role].provenance())
-                for role in ("judge", "whisperer", "generator")
+                for role in ("judge", "whisperer", "generator", "grader")
             },
             "input_tokens": sum(c["input_tokens"] for c in calls),
             "output_tokens": sum(c["output_tokens"] for c in calls),

@@ -23,8 +23,9 @@ StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode
 AIDSAFE_ROLES = ("decomposer", "drafter", "refiner")
 # The paper's single-call zero-shot baseline ("LLM_ZS").
 BASELINE_ROLE = "baseline"
-# Belief augmentation (DPO): the ear-whisperer, the belief-conditioned generator, the judge.
-BELIEF_ROLES = ("judge", "whisperer", "generator")
+# Belief augmentation (DPO): the ear-whisperer, the belief-conditioned generator, the judge,
+# and the grader for the faithfulness rule.
+BELIEF_ROLES = ("judge", "whisperer", "generator", "grader")
 # UnsafeChain: the target model that answers, the corrector that rewrites unsafe answers.
 UNSAFECHAIN_ROLES = ("target", "judge", "corrector")
 FIXED_ROLES = (*AIDSAFE_ROLES, BASELINE_ROLE, *BELIEF_ROLES, "target", "corrector", "grader")
@@ -128,6 +129,14 @@ class BeliefConfig(BaseModel):
 
     tries: int = Field(
         3, ge=1, description="Beliefs the whisperer may try per prompt before giving up."
+    )
+    faithfulness_margin: int | None = Field(
+        2,
+        ge=1,
+        le=4,
+        description="When no belief led to a violation, still keep a pair if the grader scores "
+        "the chosen CoT's faithfulness to the policies at least this much (1-5 scale) above the "
+        "most severe rejected try's (the paper's 'or faithfulness clearly lower'). null: off.",
     )
 
 

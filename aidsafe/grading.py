@@ -174,32 +174,36 @@ async def grade_items(
     return summary
 
 
+async def grade_metric(
+    ctx: RecipeContext, metric: str, query: str, cot: str | None, response: str | None
+) -> tuple[Grade, list[dict[str, Any]]]:
+    """One rubric's grade by the `grader` role; StageFailed when it stays unparseable."""
+    prompt = RolePrompt(f"{GRADER_INSTRUCTIONS}\n\n{RUBRICS[metric]}", GRADER_TASK, frozenset())
+    messages = render_messages(
+        ctx.policy_block, prompt, query=query, cot=cot or "(none)", response=response or "(none)"
+    )
+    grade, records = await call_structured(
+        ctx.models["grader"],
+        ctx.model_configs["grader"],
+        messages,
+        Grade,
+        role="grader",
+        stage=f"grade:{metric}",
+        repair_attempts=ctx.repair_attempts,
+    )
+    return grade, [record.as_dict() for record in records]
+
+
 async def grade_one(ctx: RecipeContext, item: GradeItem) -> dict[str, Any]:
     """All six metrics of one item, asked concurrently, one rubric per call."""
 
     async def one(metric: str) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]], str]:
-        prompt = RolePrompt(f"{GRADER_INSTRUCTIONS}\n\n{RUBRICS[metric]}", GRADER_TASK, frozenset())
-        messages = render_messages(
-            ctx.policy_block,
-            prompt,
-            query=item.prompt,
-            cot=item.cot or "(none)",
-            response=item.response or "(none)",
-        )
         try:
-            grade, records = await call_structured(
-                ctx.models["grader"],
-                ctx.model_configs["grader"],
-                messages,
-                Grade,
-                role="grader",
-                stage=f"grade:{metric}",
-                repair_attempts=ctx.repair_attempts,
-            )
+            grade, calls = await grade_metric(ctx, metric, item.prompt, item.cot, item.response)
         except StageFailed as failure:
             calls = [c.as_dict() for c in getattr(failure, "calls", [])]
             return metric, None, calls, failure.reason
-        return metric, grade.model_dump(), [r.as_dict() for r in records], ""
+        return metric, grade.model_dump(), calls, ""
 
     results = await asyncio.gather(*(one(metric) for metric in METRICS))
     return {

@@ -513,6 +513,7 @@ async def trace_pair_outcome(
     )
     failure["tries"] = result.state.get("tries", [])
     failure["chosen_verdict"] = result.state.get("chosen_verdict")
+    failure["faithfulness"] = result.state.get("faithfulness")
     return Outcome(False, result.new_tokens, failure)
 
 

@@ -105,10 +105,12 @@ def belief_models(
     judge: list[Any] | None = None,
     whisperer: list[Any] | None = None,
     generator: list[Any] | None = None,
+    grader: list[Any] | None = None,
 ) -> dict[str, ScriptedChatModel]:
     """Scripted models for the belief-augmentation roles (answers repeat)."""
     return {
         "judge": ScriptedChatModel(judge or [SAFE, UNSAFE], repeat_last=True),
         "whisperer": ScriptedChatModel(whisperer or [BELIEF], repeat_last=True),
         "generator": ScriptedChatModel(generator or [REJECTED], repeat_last=True),
+        "grader": ScriptedChatModel(grader or [{"score": 4, "rationale": "ok"}], repeat_last=True),
     }

@@ -34,12 +34,12 @@ TRACE: dict[str, Any] = {
 }
 
 
-async def pair(models: dict[str, Any], tries: int = 3) -> tuple[Any, Any, dict[str, Any]]:
-    ctx = build_context(
-        make_config(belief={"tries": tries}),
-        models=models,
-        roles=["judge", "whisperer", "generator"],
-    )
+async def pair(
+    models: dict[str, Any], tries: int = 3, margin: int | None = 2
+) -> tuple[Any, Any, dict[str, Any]]:
+    config = make_config(belief={"tries": tries})
+    config.belief.faithfulness_margin = margin  # None: the rule is off
+    ctx = build_context(config, models=models, roles=["judge", "whisperer", "generator", "grader"])
     state = dict(await compile_belief_graph(ctx).ainvoke(dict(belief_input(TRACE))))
     row, rejection = pair_outcome(state, ctx)
     return row, rejection, state
@@ -80,6 +80,37 @@ async def test_budget_spent_without_violation_gives_no_pair() -> None:
     row, rejection, state = await pair(models, tries=3)
     assert row is None and rejection[0] == "no_violating_belief"
     assert models["whisperer"].calls == 3 and len(state["tries"]) == 3
+    # the grader found both sides equally faithful to the policies: no pair by that rule either
+    assert models["grader"].calls == 2
+    assert (
+        "faithfulness to the policies: chosen 4, try 3 4 (a pair needs a gap of 2)"
+        in (rejection[1])
+    )
+
+
+async def test_clearly_less_faithful_rejected_side_still_makes_a_pair() -> None:
+    severe = {**SAFE, "severity": 2}
+    judge = [SAFE, SAFE, severe, SAFE]  # chosen, then tries 1-3; try 2 is the most severe
+    grades = [{"score": 5, "rationale": "applies them"}, {"score": 2, "rationale": "ignores"}]
+    models = belief_models(judge=judge, grader=grades)
+    row, rejection, state = await pair(models, tries=3)
+    assert rejection is None
+    assert row["metadata"]["pair_rule"] == "faithfulness"
+    assert row["metadata"]["faithfulness"]["try"] == 1
+    assert row["metadata"]["faithfulness"]["chosen"]["score"] == 5
+    # the grader saw the chosen side first, then try 2's side
+    assert "Benign request." in models["grader"].received[0][-1].text
+    assert state["tries"][1]["response"] in models["grader"].received[1][-1].text
+    assert row["rejected"][0]["content"].endswith(state["tries"][1]["response"])
+
+
+async def test_a_gap_below_the_margin_or_the_rule_off_gives_no_pair() -> None:
+    grades = [{"score": 5, "rationale": "a"}, {"score": 4, "rationale": "b"}]
+    row, rejection, _ = await pair(belief_models(judge=[SAFE], grader=grades))
+    assert row is None and "chosen 5, try 3 4" in rejection[1]
+    models = belief_models(judge=[SAFE], grader=grades)
+    row, rejection, state = await pair(models, margin=None)
+    assert row is None and models["grader"].calls == 0 and "faithfulness" not in state
 
 
 async def test_unsafe_chosen_side_gives_no_pair_and_no_whispering() -> None:
