@@ -15,7 +15,6 @@ worker's checkpoints live in its memory. A row whose worker keeps dying is recor
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import socket
@@ -158,7 +157,7 @@ def worker_env(config: RunConfig, roles: list[str]) -> dict[str, str]:
 
 
 class RayPool:
-    """Ray actors running one task; `submit` sends a row to the next worker in turn."""
+    """Ray actors running one task; `submit` sends a row to the least busy worker."""
 
     def __init__(
         self,
@@ -201,7 +200,7 @@ class RayPool:
         self.workers: list[Any] = [
             actor.remote(data, policies, task, models) for _ in range(workers)
         ]
-        self._next = itertools.cycle(self.workers)
+        self._load = [0] * len(self.workers)  # rows in flight per worker
         self.task = task
 
     @property
@@ -220,7 +219,14 @@ class RayPool:
         from aidsafe.runner import Outcome, failure_record
 
         try:
-            return await next(self._next).run.remote(item)
+            # the least busy worker: no row queues behind others on one worker while another
+            # has a free slot, so a worker's death takes only the rows it was running
+            worker = min(range(len(self.workers)), key=self._load.__getitem__)
+            self._load[worker] += 1
+            try:
+                return await self.workers[worker].run.remote(item)
+            finally:
+                self._load[worker] -= 1
         except RayActorError as error:
             if self.task == "pairs":
                 row_id, index, prompt = item["id"], None, item["prompt"]
