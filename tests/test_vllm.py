@@ -297,3 +297,11 @@ async def test_a_run_on_the_vllm_backend_goes_through_one_shared_engine(
     assert all(call["output_tokens"] == 7 for trace in traces for call in trace["calls"])
     refiner = [s for _, s, _ in fake_vllm.requests if s.kwargs["temperature"] == 0.0]
     assert refiner, "the refiner samples at its own temperature on the shared engine"
+
+
+def test_a_synchronous_call_runs_on_a_background_loop(fake_vllm: FakeAsyncLLM) -> None:
+    model = build_chat_model(vllm_config(temperature=0.0))
+    runnable = model.with_structured_output(Intents, include_raw=True)
+    answer = runnable.invoke([HumanMessage(content="hello")])
+    assert answer["parsed"] == Intents.model_validate(example_instance(Intents.model_json_schema()))
+    assert len(fake_vllm.requests) == 1

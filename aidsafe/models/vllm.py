@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import itertools
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +179,19 @@ class _Engine:
 
 
 _engines: dict[EngineSettings, _Engine] = {}
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="vllm-sync", daemon=True).start()
+        return _loop
+
+
 _request_ids = itertools.count()
 
 
@@ -235,7 +249,10 @@ class ChatVLLM(BaseChatModel):
         run_manager: Any = None,
         **kwargs: Any,
     ) -> ChatResult:
-        raise NotImplementedError("the vllm backend is asynchronous; use ainvoke")
+        """Synchronous calls (`invoke`) run on one background event loop, which then owns the
+        engine; runs use `ainvoke`, on the caller's loop."""
+        work = self._agenerate(messages, stop, run_manager, **kwargs)
+        return asyncio.run_coroutine_threadsafe(work, _background_loop()).result()
 
     async def _agenerate(
         self,
