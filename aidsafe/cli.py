@@ -143,28 +143,22 @@ def generate(
     )
     run = RunDirectory(out_dir)
     ray_engine = _engine(engine, ray_address, workers)
-    try:
-        summary = _run(
-            run_generate(
-                source,
-                run,
-                settings,
-                limit=limit,
-                force=force,
-                retry_failed=retry_failed,
-                console=err,
-                show_progress=not quiet,
-                select=select,
-                engine=ray_engine,
-            ),
-            ray_engine,
-        )
-    except KeyboardInterrupt:
-        err.print(
-            f"[yellow]Interrupted.[/] Finished rows are saved in {out_dir}; "
-            "run the same command again to continue."
-        )
-        raise typer.Exit(130) from None
+    summary = _run(
+        run_generate(
+            source,
+            run,
+            settings,
+            limit=limit,
+            force=force,
+            retry_failed=retry_failed,
+            console=err,
+            show_progress=not quiet,
+            select=select,
+            engine=ray_engine,
+        ),
+        ray_engine,
+        saved=f"finished rows are saved in {out_dir}",
+    )
     if summary.archived:
         err.print(f"Earlier outputs moved to {summary.archived}")
     print_summary(summary)
@@ -221,13 +215,20 @@ def _model_overrides(
     return {"models": {"default": default_model}}
 
 
-def _run(work: Coroutine[Any, Any, T], engine: Any = None) -> T:
+def _run(work: Coroutine[Any, Any, T], engine: Any = None, saved: str = "") -> T:
     """Run a command's coroutine (inside one Ray session with --engine ray); then stop any
-    in-process vLLM engine it started (its worker processes and GPU memory), also when
-    interrupted."""
+    in-process vLLM engine it started (its worker processes and GPU memory). Ctrl-C ends the
+    command with exit code 130 and says where the finished work is (`saved`)."""
     try:
         with engine.session() if engine is not None else contextlib.nullcontext():
             return asyncio.run(work)
+    except KeyboardInterrupt:
+        where = f" {saved};" if saved else ""
+        err.print(
+            f"[yellow]Interrupted.[/]{where} run the same command again to continue.",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     finally:
         if "aidsafe.models.vllm" in sys.modules:
             from aidsafe.models.vllm import shutdown_engines
@@ -293,26 +294,20 @@ def dpo(
     }
     settings = load_config(config, overrides)
     ray_engine = _engine(engine, ray_address, workers)
-    try:
-        summary = _run(
-            make_pairs(
-                run,
-                settings,
-                limit=limit,
-                force=force,
-                retry_failed=retry_failed,
-                console=err,
-                show_progress=not quiet,
-                engine=ray_engine,
-            ),
-            ray_engine,
-        )
-    except KeyboardInterrupt:
-        err.print(
-            f"[yellow]Interrupted.[/] Finished pairs are saved in {run_dir}; "
-            "run the same command again to continue."
-        )
-        raise typer.Exit(130) from None
+    summary = _run(
+        make_pairs(
+            run,
+            settings,
+            limit=limit,
+            force=force,
+            retry_failed=retry_failed,
+            console=err,
+            show_progress=not quiet,
+            engine=ray_engine,
+        ),
+        ray_engine,
+        saved=f"finished pairs are saved in {run_dir}",
+    )
     if summary.archived:
         err.print(f"Earlier pairs moved to {summary.archived}")
     print_pair_summary(summary)
@@ -442,22 +437,19 @@ def judge(
         text_fields={response_field: "--response-field"},
         extra_fields=(group_field,) if group_field else (),
     )
-    try:
-        summary = _run(
-            judge_responses(
-                source,
-                RunDirectory(out_dir),
-                settings,
-                group_field=group_field,
-                limit=limit,
-                force=force,
-                console=err,
-                show_progress=not quiet,
-            )
-        )
-    except KeyboardInterrupt:
-        err.print("[yellow]Interrupted.[/] Run the same command again to continue.")
-        raise typer.Exit(130) from None
+    summary = _run(
+        judge_responses(
+            source,
+            RunDirectory(out_dir),
+            settings,
+            group_field=group_field,
+            limit=limit,
+            force=force,
+            console=err,
+            show_progress=not quiet,
+        ),
+        saved=f"finished judgments are saved in {out_dir}",
+    )
     print_judge_summary(summary)
 
 
@@ -568,7 +560,10 @@ def grade(
         source.check()
         items = dataset_items(source, cot, response_field)
         target = RunDirectory(out_dir)
-    summary = _run(grade_items(items, target, settings, force=force, limit=limit))
+    summary = _run(
+        grade_items(items, target, settings, force=force, limit=limit),
+        saved=f"finished grades are saved in {target.root}",
+    )
     table = Table(title=f"grades ({summary.summary['grader']})")
     for column in ("metric", "mean", "95% CI", "graded", "unparseable"):
         table.add_column(column)

@@ -252,7 +252,9 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path: Path) -> 
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
         assert process.returncode == 130, err
-        assert "run the same command again to continue" in " ".join(err.split())
+        assert f"finished rows are saved in {run}; run the same command again to continue" in (
+            " ".join(err.split())
+        )
         finished = len(read_jsonl(run / "traces.jsonl"))
         assert 2 <= finished < 6
         manifest = json.loads((run / "manifest.json").read_text())
