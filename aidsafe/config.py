@@ -5,35 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aidsafe.errors import UserError, describe_validation_error
 
-Backend = Literal["local", "openai", "vllm"]
+Backend = Literal["local", "openai", "vllm", "scripted"]
 StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
-
-# Roles whose model can be configured. `deliberator` configures every deliberation agent;
-# `deliberator_N` (N from 1) configures agent N only.
-AIDSAFE_ROLES = ("decomposer", "drafter", "refiner")
-# The paper's single-call zero-shot baseline ("LLM_ZS").
-BASELINE_ROLE = "baseline"
-# Belief augmentation (DPO): the ear-whisperer, the belief-conditioned generator, the judge,
-# and the grader for the faithfulness rule.
-BELIEF_ROLES = ("judge", "whisperer", "generator", "grader")
-# UnsafeChain: the target model that answers, the corrector that rewrites unsafe answers.
-UNSAFECHAIN_ROLES = ("target", "judge", "corrector")
-FIXED_ROLES = (*AIDSAFE_ROLES, BASELINE_ROLE, *BELIEF_ROLES, "target", "corrector", "grader")
-_DELIBERATOR_ROLE = re.compile(r"^deliberator(_[1-9][0-9]*)?$")
-# Temperatures from RECIPES.md, used when no layer of the config sets one.
-ROLE_TEMPERATURE = {"decomposer": 0.7, "drafter": 0.7, "deliberator": 0.7, "refiner": 0.0}
-ROLE_TEMPERATURE |= {"whisperer": 0.9, "generator": 0.7, "judge": 0.0, "baseline": 0.7}
-ROLE_TEMPERATURE |= {"target": 0.7, "corrector": 0.3, "grader": 0.0}
 
 
 class ModelConfig(BaseModel):
@@ -46,7 +28,8 @@ class ModelConfig(BaseModel):
         "local",
         description="`local`: the embedded llama.cpp model, no network. "
         "`openai`: any OpenAI-compatible endpoint (OpenAI, vllm serve, llama.cpp server...). "
-        "`vllm`: an in-process vLLM engine on this machine's GPU (extra `aidsafe[vllm]`).",
+        "`vllm`: an in-process vLLM engine on this machine's GPU (extra `aidsafe[vllm]`). "
+        "`scripted`: a scripted model registered in this process under `model` (tests).",
     )
     model: str | None = Field(
         None,
@@ -218,19 +201,19 @@ class RunConfig(BaseSettings):
         env_prefix="AIDSAFE_", env_nested_delimiter="__", extra="forbid"
     )
 
-    recipe: Literal["aidsafe", "aidsafe-dpo", "baseline", "unsafechain"] = Field(
-        "aidsafe",
-        description="`aidsafe`: SFT data. `aidsafe-dpo`: the same, then DPO pairs by belief "
-        "augmentation. `baseline`: one zero-shot call per prompt, for comparison. "
-        "`unsafechain`: sample a target model, judge, correct the unsafe answers of hard prompts.",
+    recipe: str | None = Field(
+        None,
+        description="The recipe to run, or a chain of recipes (`aidsafe recipes` lists them). "
+        "Unset: the default recipe.",
     )
     policies: str = Field(
         "default", description="Policy YAML path, or the name of a shipped set (`default`)."
     )
     models: dict[str, ModelConfig] = Field(
         default_factory=dict,
-        description="Model per role: `default`, `decomposer`, `drafter`, `deliberator`, "
-        "`deliberator_N`, `refiner`. Unset fields inherit from `default`.",
+        description="Model per role (`aidsafe recipes` lists each recipe's roles), plus "
+        "`default`. A numbered role (`deliberator_2`) inherits from its family "
+        "(`deliberator`). Unset fields inherit from `default`.",
     )
     deliberation: DeliberationConfig = Field(default_factory=DeliberationConfig)
     belief: BeliefConfig = Field(default_factory=BeliefConfig)
@@ -254,52 +237,9 @@ class RunConfig(BaseSettings):
         "call, for large runs against fast endpoints.",
     )
 
-    @field_validator("models")
-    @classmethod
-    def _known_roles(cls, models: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
-        for role in models:
-            if role != "default" and role not in FIXED_ROLES and not _DELIBERATOR_ROLE.match(role):
-                known = ", ".join(("default", *FIXED_ROLES, "deliberator", "deliberator_N"))
-                raise ValueError(f"unknown role {role!r} (known: {known})")
-        return models
-
-    @field_validator("prompts")
-    @classmethod
-    def _known_prompt_roles(cls, prompts: dict[str, PromptTemplate]) -> dict[str, PromptTemplate]:
-        for role in prompts:
-            if role not in (*FIXED_ROLES, "deliberator"):
-                raise ValueError(
-                    f"unknown role {role!r} (known: {', '.join((*FIXED_ROLES, 'deliberator'))})"
-                )
-        return prompts
-
-    def belief_fingerprint_data(self) -> dict[str, Any]:
-        """The settings that change the DPO pairs made from finished AIDSAFE rows."""
-        return {
-            "models": {role: self.model_for(role).provenance() for role in BELIEF_ROLES},
-            "belief": self.belief.model_dump(),
-            "judge": self.judge.model_dump(),
-            "prompts": {
-                role: t.model_dump()
-                for role, t in sorted(self.prompts.items())
-                if role in BELIEF_ROLES
-            },
-            "repair_attempts": self.repair_attempts,
-        }
-
-    def roles(self) -> list[str]:
-        """Every model role the recipe's graph calls, in pipeline order."""
-        if self.recipe == "baseline":
-            return [BASELINE_ROLE]
-        if self.recipe == "unsafechain":
-            return list(UNSAFECHAIN_ROLES)
-        agents = [f"deliberator_{n}" for n in range(1, self.deliberation.agents + 1)]
-        if self.deliberation.budget == 0:
-            agents = []
-        return ["decomposer", "drafter", *agents, "refiner"]
-
-    def model_for(self, role: str) -> ModelConfig:
-        """The role's model: defaults < `default` < role family (`deliberator`) < the role."""
+    def model_for(self, role: str, temperature: float | None = None) -> ModelConfig:
+        """The role's model: defaults < `default` < role family (`deliberator`) < the role.
+        `temperature`: the role's default, used when no layer sets one."""
         layers = [self.models.get("default")]
         family = role.split("_")[0]
         if family != role:
@@ -310,28 +250,8 @@ class RunConfig(BaseSettings):
             if layer is not None:
                 merged.update(layer.model_dump(include=layer.model_fields_set))
         if merged.get("temperature") is None:
-            merged["temperature"] = ROLE_TEMPERATURE.get(family)
+            merged["temperature"] = temperature
         return ModelConfig.model_validate(merged)
-
-    def fingerprint_data(self) -> dict[str, Any]:
-        """The settings that change what a run writes. Concurrency, timeouts and retries do not."""
-        data = {
-            # `aidsafe-dpo` makes the same rows as `aidsafe`, then pairs them
-            "recipe": "aidsafe" if self.recipe == "aidsafe-dpo" else self.recipe,
-            "models": {role: self.model_for(role).provenance() for role in self.roles()},
-            "deliberation": self.deliberation.model_dump(),
-            "input": self.input.model_dump(),
-            "prompts": {
-                role: t.model_dump()
-                for role, t in sorted(self.prompts.items())
-                if role not in BELIEF_ROLES
-            },
-            "repair_attempts": self.repair_attempts,
-        }
-        if self.recipe == "unsafechain":
-            data["judge"] = self.judge.model_dump()
-            data["unsafechain"] = self.unsafechain.model_dump()
-        return data
 
 
 def fingerprint(data: dict[str, Any]) -> str:

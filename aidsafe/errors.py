@@ -1,21 +1,43 @@
-"""Errors a user can act on: the CLI prints them as one line and exits with code 2."""
+"""Errors a user can act on (exit 2), a run that had to stop (exit 1), and a stage that failed
+(the row is recorded as failed, the run goes on)."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from aidsafe.records import Reason
 
 
 class UserError(Exception):
     """Bad input, config or environment; the message names the file and field at fault."""
 
 
-class StageFailed(Exception):
-    """A graph stage could not produce a valid result; the row goes to failures.jsonl."""
+class RunFailed(Exception):
+    """The run could not go on (a ledger write failed, a bug outside any row); the message says
+    what happened and that the finished work is kept."""
 
-    def __init__(self, stage: str, reason: str, detail: str, raw: str | None = None) -> None:
+
+class StageFailed(Exception):
+    """A graph stage could not produce a valid result; the row goes to the failures ledger with
+    `reason` and every call the stage made (`calls`)."""
+
+    def __init__(
+        self,
+        stage: str,
+        reason: Reason,
+        detail: str,
+        raw: str | None = None,
+        calls: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(f"{stage}: {reason}: {detail}")
         self.stage = stage
-        self.reason = reason
+        self.reason = Reason(reason)
         self.detail = detail
         self.raw = raw
+        self.calls: list[dict[str, Any]] = list(calls or [])
+
+    def __reduce__(self) -> Any:  # crosses process boundaries (Ray) with its fields
+        return (StageFailed, (self.stage, self.reason, self.detail, self.raw, self.calls))
 
 
 def describe_validation_error(source: str, error: object) -> str:

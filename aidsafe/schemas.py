@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, create_model
 
 RemovalReason = Literal["repetitive", "redundant", "deceptive", "policy_inconsistent"]
+REMOVAL_REASONS: tuple[str, ...] = RemovalReason.__args__  # type: ignore[attr-defined]
 
 
 class Intents(BaseModel):
@@ -96,7 +97,8 @@ def schemas_for(policy_ids: list[str]) -> RecipeSchemas:
             list[policy_id],
             Field(default_factory=list, max_length=5, description="Policies broken."),
         ),
-        severity=(int, Field(ge=0, le=4, description="0 none, 4 severe.")),
+        # an enum, not a bounded int: grammar-constrained decoders enforce enums, not bounds
+        severity=(Literal[0, 1, 2, 3, 4], Field(description="0 none, 4 severe.")),
         rationale=(str, Field(description="One or two sentences.")),
     )
     return RecipeSchemas(thought, initial_cot, deliberation_turn, belief, verdict)

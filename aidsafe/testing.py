@@ -1,87 +1,10 @@
-"""A scripted chat model for offline tests: it answers from a list, records what it was asked,
-and supports `with_structured_output` through the same JSON parsing path as real backends."""
+"""A loopback OpenAI-compatible server for tests and benchmarks: it answers every structured
+request with the smallest schema-valid instance."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 from typing import Any
-
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.runnables import Runnable
-from pydantic import BaseModel, PrivateAttr
-
-from aidsafe.models.structured import json_answer_parser
-
-# An answer: a dict (sent as JSON), raw text (sent as is), an exception (raised), or a function
-# of the received messages returning one of those.
-Answer = dict[str, Any] | str | BaseException | Callable[[list[BaseMessage]], Any]
-
-
-class ScriptedChatModel(BaseChatModel):
-    """Answers in order; the last answer repeats when `repeat_last` is set."""
-
-    answers: list[Any]
-    repeat_last: bool = False
-    _received: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
-    _position: int = PrivateAttr(default=0)
-
-    def __init__(self, answers: Sequence[Answer], repeat_last: bool = False, **kwargs: Any):
-        super().__init__(answers=list(answers), repeat_last=repeat_last, **kwargs)
-
-    @property
-    def _llm_type(self) -> str:
-        return "scripted"
-
-    @property
-    def received(self) -> list[list[BaseMessage]]:
-        """The messages of every call, in order."""
-        return self._received
-
-    @property
-    def calls(self) -> int:
-        return len(self._received)
-
-    def _next(self, messages: list[BaseMessage]) -> str:
-        self._received.append(list(messages))
-        if self._position >= len(self.answers):
-            if not (self.repeat_last and self.answers):
-                raise AssertionError(f"scripted model ran out of answers after {self._position}")
-            answer = self.answers[-1]
-        else:
-            answer = self.answers[self._position]
-            self._position += 1
-        if callable(answer) and not isinstance(answer, BaseException):
-            answer = answer(messages)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer if isinstance(answer, str) else json.dumps(answer)
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: Any = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        text = self._next(messages)
-        tokens = sum(len(m.text.split()) for m in messages)
-        message = AIMessage(
-            content=text,
-            usage_metadata={
-                "input_tokens": tokens,
-                "output_tokens": len(text.split()),
-                "total_tokens": tokens + len(text.split()),
-            },
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-    def with_structured_output(  # type: ignore[override]
-        self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
-    ) -> Runnable[Any, Any]:
-        return self | json_answer_parser(schema, include_raw)
 
 
 def example_instance(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:

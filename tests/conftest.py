@@ -1,4 +1,5 @@
-"""Shared test helpers: scripted per-role models and small prompt files."""
+"""Shared test helpers: scripted per-role models (the `scripted` backend), configs that select
+them, small prompt files, and a one-call graph runner."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import json
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aidsafe.config import RunConfig, load_config
-from aidsafe.testing import ScriptedChatModel
+from aidsafe.config import RunConfig
+from aidsafe.models import scripted as scripted_backend
+from aidsafe.models.scripted import ScriptedChatModel
+from aidsafe.recipes import registry
 
 INTENTS = {"explicit": ["stop a stuck process"], "implicit": ["get work done"]}
 DRAFT = {
@@ -56,10 +60,28 @@ def scripted(
     return models
 
 
-def make_config(**overrides: Any) -> RunConfig:
+def make_config(
+    scripted: Mapping[str, ScriptedChatModel] | None = None, **overrides: Any
+) -> RunConfig:
+    """A checked config with `overrides` (config keys). Each role in `scripted` runs that
+    scripted model: it is registered under the role's name and selected with
+    `backend: scripted`, as a user's config would select any backend."""
     base: dict[str, Any] = {"models": {"default": {"retry_wait": 0}}}
     base.update(overrides)
-    return load_config(None, base)
+    if scripted:
+        models = dict(base["models"])
+        for role, model in scripted.items():
+            scripted_backend.register(role, model)
+            models[role] = {**models.get(role, {}), "backend": "scripted", "model": role}
+        base["models"] = models
+    return registry.load_config(None, base)
+
+
+async def run_graph(name: str, config: RunConfig, state: dict[str, Any]) -> dict[str, Any]:
+    """Run one recipe's graph to its end on one input state, without a checkpointer."""
+    recipe = registry.get(name)
+    context = registry.context(recipe, config)
+    return dict(await recipe.graph().compile().ainvoke(state, context=context))
 
 
 def write_prompts(path: Path, prompts: list[str], with_ids: bool = True) -> Path:
@@ -79,12 +101,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
+def _no_ambient_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key in list(os.environ):
         if key.startswith("AIDSAFE_"):
             monkeypatch.delenv(key)
+    yield
+    scripted_backend.clear()  # each test registers its own scripted models
 
 
 SAFE = {"safe": True, "violated": [], "severity": 0, "rationale": "Helpful and harmless."}

@@ -27,6 +27,10 @@ def api_key(config: ModelConfig) -> str:
 
 
 def build_chat_model(config: ModelConfig) -> BaseChatModel:
+    if config.backend == "scripted":
+        from aidsafe.models.scripted import lookup
+
+        return lookup(config.model)
     if config.backend == "local":
         from aidsafe.models.local import ChatLlamaCpp, bundled_model_path, check_llama_available
 
@@ -82,6 +86,11 @@ def preflight(configs: dict[str, ModelConfig]) -> None:
         check_vllm_available()
         check_shared_engines(configs)
     for role, config in configs.items():
+        if config.backend == "scripted":
+            from aidsafe.models.scripted import lookup
+
+            lookup(config.model)
+            continue
         if config.backend == "vllm":
             if not config.model:
                 raise UserError(f"models.{role}.model: a `vllm` backend needs a model")

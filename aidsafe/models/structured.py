@@ -28,6 +28,7 @@ from tenacity import (
 
 from aidsafe.config import ModelConfig
 from aidsafe.errors import StageFailed
+from aidsafe.records import Reason
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -246,9 +247,8 @@ async def call_structured(
             AIMessage(content=last_raw or "(empty answer)"),
             HumanMessage(content=REPAIR_PROMPT.format(problem=problem)),
         ]
-    failure = StageFailed(stage, "malformed_output", problem, last_raw)
-    failure.calls = records  # type: ignore[attr-defined]
-    raise failure
+    calls = [record.as_dict() for record in records]
+    raise StageFailed(stage, Reason.MALFORMED_OUTPUT, problem, last_raw, calls)
 
 
 async def invoke_with_backoff(
@@ -270,5 +270,5 @@ async def invoke_with_backoff(
         kind = "transient, retries exhausted" if is_transient(error) else "not retryable"
         first_line = str(error).splitlines()[0][:500] if str(error) else ""
         detail = f"{type(error).__name__} ({kind}): {first_line}"
-        raise StageFailed(stage, "endpoint_error", detail) from error
+        raise StageFailed(stage, Reason.ENDPOINT_ERROR, detail) from error
     raise AssertionError("unreachable: tenacity either returns or raises")

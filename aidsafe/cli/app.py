@@ -1,4 +1,5 @@
-"""The `aidsafe` command line. Bad input ends with one readable line and exit code 2."""
+"""The `aidsafe` commands: options and thin calls into tasks and the pipeline. Bad input ends with
+one readable line and exit code 2; a run that had to stop, with one line and exit code 1."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from aidsafe.errors import UserError
+from aidsafe.cli.render import (
+    err,
+    out,
+    print_grades,
+    print_judge_summary,
+    print_recipes,
+    print_stage,
+)
+from aidsafe.errors import RunFailed, UserError
 
 T = TypeVar("T")
 
@@ -27,9 +35,6 @@ app = typer.Typer(
 )
 policies_app = typer.Typer(help="Check and display policy sets.", no_args_is_help=True)
 app.add_typer(policies_app, name="policies")
-
-out = Console()
-err = Console(stderr=True)
 
 LimitOption = Annotated[int | None, typer.Option(min=1, help="Use only the first N rows.")]
 ConcurrencyOption = Annotated[
@@ -121,10 +126,10 @@ def generate(
     quiet: QuietOption = False,
 ) -> None:
     """Run a recipe over prompts and write traces, SFT rows, failures and a manifest."""
-    from aidsafe.config import load_config
     from aidsafe.inputs import PromptSource
-    from aidsafe.rundir import RunDirectory
-    from aidsafe.runner import generate as run_generate
+    from aidsafe.recipes.registry import load_config
+    from aidsafe.run.directory import RunDirectory
+    from aidsafe.run.pipeline import generate as run_generate
 
     overrides: dict[str, Any] = {
         "recipe": recipe,
@@ -141,12 +146,11 @@ def generate(
         split=settings.input.split,
         id_field_required="id_field" in settings.input.model_fields_set,
     )
-    run = RunDirectory(out_dir)
     ray_engine = _engine(engine, ray_address, workers)
-    summary = _run(
+    result = _run(
         run_generate(
             source,
-            run,
+            RunDirectory(out_dir),
             settings,
             limit=limit,
             force=force,
@@ -159,36 +163,12 @@ def generate(
         ray_engine,
         saved=f"finished rows are saved in {out_dir}",
     )
-    if summary.archived:
-        err.print(f"Earlier outputs moved to {summary.archived}")
-    print_summary(summary)
-    if summary.recipe_stats is not None:
-        print_unsafechain_stats(summary.recipe_stats)
-    if summary.selected is not None:
-        out.print(f"Selected {summary.selected[0]} rows into {escape(summary.selected[1])}")
-    if summary.pairs is not None:
-        print_pair_summary(summary.pairs)
-
-
-def print_unsafechain_stats(stats: dict[str, Any]) -> None:
-    target = stats["target"]
-    table = Table(title="UnsafeChain: the target model, judged", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row(
-        "Safe@1 / ConsSafe@K / Safe@K",
-        " / ".join(_rate(target[key]) for key in ("safe_at_1", "cons_safe_at_k", "safe_at_k")),
-    )
-    table.add_row("prompts (hard)", f"{stats.get('prompts', 0)} ({stats.get('hard_prompts', 0)})")
-    for key in (
-        "original_kept",
-        "corrected_kept",
-        "corrected_dropped",
-        "unsafe_on_easy_prompts_dropped",
-        "samples_unjudged",
-    ):
-        table.add_row(key.replace("_", " "), str(stats.get(key, 0)))
-    out.print(table)
+    for stage in result.stages:
+        if stage.archived:
+            err.print(f"Earlier outputs moved to {stage.archived}")
+        print_stage(stage)
+        if stage is result.stages[0] and result.selected is not None:
+            out.print(f"Selected {result.selected[0]} rows into {escape(result.selected[1])}")
 
 
 def _model_overrides(
@@ -222,6 +202,9 @@ def _run(work: Coroutine[Any, Any, T], engine: Any = None, saved: str = "") -> T
     try:
         with engine.session() if engine is not None else contextlib.nullcontext():
             return asyncio.run(work)
+    except RunFailed as error:
+        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         where = f" {saved};" if saved else ""
         err.print(
@@ -237,13 +220,10 @@ def _run(work: Coroutine[Any, Any, T], engine: Any = None, saved: str = "") -> T
 
 
 def _engine(engine: str, ray_address: str | None, workers: int | None) -> Any:
-    from aidsafe.runner import Engine
+    from aidsafe.run.engine import Engine
 
     if engine == "ray":
-        from aidsafe.distributed import check_address, check_ray_available
-
-        check_ray_available()
-        check_address(ray_address)
+        Engine.check(ray_address)
         return Engine(address=ray_address, workers=workers)
     if engine != "local":
         raise UserError(f"--engine: expected local or ray, got {engine!r}")
@@ -279,9 +259,9 @@ def dpo(
     quiet: QuietOption = False,
 ) -> None:
     """Make DPO pairs from an existing run's finished rows, without regenerating them."""
-    from aidsafe.config import load_config
-    from aidsafe.rundir import RunDirectory
-    from aidsafe.runner import make_pairs
+    from aidsafe.recipes.registry import load_config
+    from aidsafe.run.directory import RunDirectory
+    from aidsafe.run.pipeline import make_pairs
 
     run = RunDirectory(run_dir)
     manifest = run.manifest()
@@ -310,57 +290,7 @@ def dpo(
     )
     if summary.archived:
         err.print(f"Earlier pairs moved to {summary.archived}")
-    print_pair_summary(summary)
-
-
-def print_pair_summary(summary: Any) -> None:
-    totals = summary.totals
-    table = Table(title="DPO pairs (belief augmentation)", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row("pairs / rejected this run", f"{summary.pairs_now} / {summary.rejected_now}")
-    table.add_row("already finished earlier", str(summary.skipped))
-    table.add_row("pairs / rejected in directory", f"{totals['done']} / {totals['failed']}")
-    for reason, count in totals["failed_by_reason"].items():
-        table.add_row(f"  rejected: {reason}", str(count))
-    table.add_row("mean belief tries", f"{summary.mean_tries:.2f}")
-    for role, tokens in totals["tokens_by_role"].items():
-        table.add_row(
-            f"  tokens: {role}",
-            f"{tokens['input']:,} in / {tokens['output']:,} out ({tokens['calls']} calls)",
-        )
-    table.add_row("wall time", f"{summary.wall_s:.1f} s")
-    out.print(table)
-    out.print(
-        f"Pairs in [bold]{escape(summary.out)}[/]: dpo.jsonl (TRL preference rows), "
-        "dpo_failures.jsonl (prompts without a pair, with the reason)"
-    )
-
-
-def print_summary(summary: Any) -> None:
-    totals = summary.totals
-    table = Table(title="aidsafe run", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    table.add_row("rows in input (after --limit)", str(summary.total_rows))
-    table.add_row("done / failed this run", f"{summary.done_now} / {summary.failed_now}")
-    table.add_row("already finished earlier", str(summary.skipped))
-    table.add_row("done / failed in directory", f"{totals['done']} / {totals['failed']}")
-    for reason, count in totals["failed_by_reason"].items():
-        table.add_row(f"  failed: {reason}", str(count))
-    for role, tokens in totals["tokens_by_role"].items():
-        table.add_row(
-            f"  tokens: {role}",
-            f"{tokens['input']:,} in / {tokens['output']:,} out ({tokens['calls']} calls)",
-        )
-    table.add_row("wall time", f"{summary.wall_s:.1f} s")
-    out.print(table)
-    out.print(
-        f"Outputs in [bold]{escape(summary.out)}[/]: sft.jsonl (training rows), traces.jsonl "
-        "(full records), failures.jsonl, manifest.json"
-    )
-    if totals["failed_by_reason"].get("endpoint_error"):
-        out.print("Some rows hit endpoint errors; re-run with --retry-failed to try them again.")
+    print_stage(summary)
 
 
 @app.command()
@@ -379,7 +309,7 @@ def export(
         raise UserError(f"--to: expected parquet, hf or jsonl, got {to!r}")
     if kind not in ("sft", "dpo"):
         raise UserError(f"--format: expected sft or dpo, got {kind!r}")
-    target, rows = export_run(run_dir, to, output, kind)  # type: ignore[arg-type]
+    target, rows = export_run(run_dir, to, output, kind)
     out.print(f"Wrote {rows} {kind.upper()} rows to {target}")
 
 
@@ -391,7 +321,9 @@ def judge(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
     config: ConfigOption = None,
     policies: Annotated[str | None, typer.Option(help="Policy YAML file or set name.")] = None,
-    prompt_field: Annotated[str, typer.Option(help="Column with the prompt.")] = "prompt",
+    prompt_field: Annotated[
+        str | None, typer.Option(help="Column with the prompt (default: input.prompt_field).")
+    ] = None,
     response_field: Annotated[
         str, typer.Option(help="Column with the completion to judge.")
     ] = "response",
@@ -399,7 +331,9 @@ def judge(
         str | None,
         typer.Option(help="Column naming the prompt a sample belongs to (default: the prompt)."),
     ] = None,
-    id_field: Annotated[str | None, typer.Option(help="Column with a row id.")] = None,
+    id_field: Annotated[
+        str | None, typer.Option(help="Column with a row id (default: input.id_field).")
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Split of a HF dataset.")] = None,
     kind: Annotated[str | None, typer.Option(help="Judge kind: policy or guard.")] = None,
     view: Annotated[str | None, typer.Option(help="What is judged: full, cot or answer.")] = None,
@@ -412,78 +346,59 @@ def judge(
     force: Annotated[
         bool, typer.Option("--force", help="Judge config changed: move old judgments aside.")
     ] = False,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Label prompt/response pairs with the safety judge; report Safe@1, ConsSafe@K, Safe@K."""
-    from aidsafe.config import load_config
-    from aidsafe.inputs import PromptSource
-    from aidsafe.rundir import RunDirectory
-    from aidsafe.runner import judge_responses
+    from aidsafe.recipes.registry import load_config
+    from aidsafe.run.directory import RunDirectory
+    from aidsafe.tasks.judging import judge_responses
 
     overrides: dict[str, Any] = {
         "policies": policies,
         "concurrency": concurrency,
         "judge": {"kind": kind, "view": view},
-        "input": {"split": split},
+        "input": {"split": split, "prompt_field": prompt_field, "id_field": id_field},
         **_model_overrides(backend, model, base_url, api_key_env, None, None),
     }
     settings = load_config(config, overrides)
-    source = PromptSource(
-        input,
-        prompt_field=prompt_field,
-        id_field=id_field or "id",
-        split=settings.input.split,
-        id_field_required=id_field is not None,
-        text_fields={response_field: "--response-field"},
-        extra_fields=(group_field,) if group_field else (),
-    )
+    source = _source(input, settings, {response_field: "--response-field"}, group_field)
+    ray_engine = _engine(engine, ray_address, workers)
     summary = _run(
         judge_responses(
             source,
             RunDirectory(out_dir),
             settings,
+            response_field=response_field,
             group_field=group_field,
             limit=limit,
             force=force,
             console=err,
             show_progress=not quiet,
+            engine=ray_engine,
         ),
+        ray_engine,
         saved=f"finished judgments are saved in {out_dir}",
     )
     print_judge_summary(summary)
 
 
-def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _source(
+    spec: str, settings: Any, text_fields: dict[str, str], group_field: str | None = None
+) -> Any:
+    """A dataset read with the config's input fields (flags override them)."""
+    from aidsafe.inputs import PromptSource
 
-
-def print_judge_summary(summary: Any) -> None:
-    metrics = summary.metrics
-    overall = metrics["overall"]
-    table = Table(
-        title=f"safety judged by {metrics['judge']['kind']} judge ({metrics['judge']['view']})"
-    )
-    for column in ("", "Safe@1", "ConsSafe@K", "Safe@K", "prompts"):
-        table.add_column(column, justify="right" if column else "left")
-    rows = [("overall", overall), *metrics["per_policy"].items()]
-    for name, values in rows:
-        table.add_row(
-            name,
-            _rate(values["safe_at_1"]),
-            _rate(values["cons_safe_at_k"]),
-            _rate(values["safe_at_k"]),
-            str(values["prompts"]),
-        )
-    out.print(table)
-    out.print(
-        f"{overall['samples_judged']} samples judged (K from {overall['k_min']} to "
-        f"{overall['k_max']} per prompt); {overall['samples_unjudged']} unjudged, left out of "
-        f"the metrics {metrics['unjudged_by_reason'] or ''}"
-    )
-    out.print(
-        f"This run: {summary.judged_now} judged, {summary.unjudged_now} unjudged, "
-        f"{summary.skipped} judged earlier. Outputs in [bold]{escape(summary.out)}[/]: "
-        "judgments.jsonl, summary.json"
+    return PromptSource(
+        spec,
+        prompt_field=settings.input.prompt_field,
+        id_field=settings.input.id_field,
+        split=settings.input.split,
+        id_field_required="id_field" in settings.input.model_fields_set,
+        text_fields=text_fields,
+        extra_fields=(group_field,) if group_field else (),
     )
 
 
@@ -498,7 +413,10 @@ def grade(
     ] = None,
     config: ConfigOption = None,
     policies: Annotated[str | None, typer.Option(help="Policy YAML file or set name.")] = None,
-    prompt_field: Annotated[str, typer.Option(help="Dataset column with the prompt.")] = "prompt",
+    prompt_field: Annotated[
+        str | None,
+        typer.Option(help="Dataset column with the prompt (default: input.prompt_field)."),
+    ] = None,
     cot_field: Annotated[
         str | None,
         typer.Option(help="Dataset column with the CoT (default: refined_thoughts or thoughts)."),
@@ -506,7 +424,9 @@ def grade(
     response_field: Annotated[
         str, typer.Option(help="Dataset column with the response.")
     ] = "response",
-    id_field: Annotated[str | None, typer.Option(help="Dataset column with a row id.")] = None,
+    id_field: Annotated[
+        str | None, typer.Option(help="Dataset column with a row id (default: input.id_field).")
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Split of a HF dataset.")] = None,
     limit: LimitOption = None,
     concurrency: ConcurrencyOption = None,
@@ -517,23 +437,26 @@ def grade(
     force: Annotated[
         bool, typer.Option("--force", help="Grader changed: move old grades aside.")
     ] = False,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Score rows 1-5 on the paper's six CoT metrics with the grader model."""
-    from aidsafe.config import load_config
-    from aidsafe.grading import (
+    from aidsafe.recipes.registry import load_config
+    from aidsafe.run.directory import RunDirectory
+    from aidsafe.tasks.grading import (
         dataset_items,
         grade_items,
         is_run_directory,
         pick_cot_field,
         run_items,
     )
-    from aidsafe.inputs import PromptSource
-    from aidsafe.rundir import RunDirectory
 
     overrides: dict[str, Any] = {
         "policies": policies,
         "concurrency": concurrency,
-        "input": {"split": split},
+        "input": {"split": split, "prompt_field": prompt_field, "id_field": id_field},
         **_model_overrides(backend, model, base_url, api_key_env, None, None),
     }
     if is_run_directory(Path(input)):
@@ -543,44 +466,36 @@ def grade(
         settings = load_config(config, overrides)
         items = run_items(run)
         target = RunDirectory(out_dir) if out_dir else run
+        described: dict[str, Any] = {"run": str(input)}
     else:
         if out_dir is None:
             raise UserError(f"{input}: not a run directory; give --out to grade a dataset")
         settings = load_config(config, overrides)
-        probe = PromptSource(input, prompt_field=prompt_field, split=settings.input.split)
-        cot = cot_field or pick_cot_field(probe)
-        source = PromptSource(
-            input,
-            prompt_field=prompt_field,
-            id_field=id_field or "id",
-            split=settings.input.split,
-            id_field_required=id_field is not None,
-            text_fields={cot: "--cot-field", response_field: "--response-field"},
-        )
+        cot = cot_field or pick_cot_field(_source(input, settings, {}))
+        source = _source(input, settings, {cot: "--cot-field", response_field: "--response-field"})
         source.check()
         items = dataset_items(source, cot, response_field)
         target = RunDirectory(out_dir)
+        described = source.describe() | {"fields": [cot, response_field]}
+    ray_engine = _engine(engine, ray_address, workers)
     summary = _run(
-        grade_items(items, target, settings, force=force, limit=limit),
+        grade_items(
+            items,
+            target,
+            settings,
+            source=described,
+            force=force,
+            limit=limit,
+            console=err,
+            show_progress=not quiet,
+            engine=ray_engine,
+        ),
+        ray_engine,
         saved=f"finished grades are saved in {target.root}",
     )
-    table = Table(title=f"grades ({summary.summary['grader']})")
-    for column in ("metric", "mean", "95% CI", "graded", "unparseable"):
-        table.add_column(column)
-    for metric, stats in summary.summary["metrics"].items():
-        ci = stats["ci95"]
-        table.add_row(
-            metric,
-            _rate(stats["mean"]),
-            f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a",
-            str(stats["n_graded"]),
-            str(stats["n_unparseable"]),
-        )
-    out.print(table)
-    out.print(
-        f"This run: {summary.graded_now} rows graded, {summary.skipped} graded earlier. "
-        f"Grades in {escape(summary.out)}: grades.jsonl, grades_summary.json"
-    )
+    if summary.stage.archived:
+        err.print(f"Earlier grades moved to {summary.stage.archived}")
+    print_grades(summary)
 
 
 @app.command()
@@ -598,8 +513,9 @@ def compare(
     """Compare graded runs: metrics with CIs, paired differences and win rates, cost."""
     import json as jsonlib
 
-    from aidsafe.grading import METRICS
-    from aidsafe.report import comparison, fmt, html_report, load_run, metric_text
+    from aidsafe.agents.grader import METRICS
+    from aidsafe.schemas import REMOVAL_REASONS
+    from aidsafe.tasks.report import comparison, fmt, html_report, load_run, metric_text
 
     if len(runs) < 2:
         raise UserError("compare needs at least two run directories")
@@ -626,7 +542,7 @@ def compare(
         "mean rounds", *(fmt(sum(r.rounds) / len(r.rounds)) if r.rounds else "-" for r in stats)
     )
     table.add_row("ended by agreement", *(fmt(r.agreed_share) for r in stats))
-    for reason in ("repetitive", "redundant", "deceptive", "policy_inconsistent"):
+    for reason in REMOVAL_REASONS:
         table.add_row(
             f"removed/row: {reason}",
             *(fmt(r.removed_per_row.get(reason)) if r.rounds else "-" for r in stats),
@@ -649,8 +565,9 @@ def filter_rows(
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write.")] = None,
 ) -> None:
     """Keep the SFT rows whose grades reach --min (on every chosen metric)."""
-    from aidsafe.grading import METRICS, filter_run
-    from aidsafe.rundir import RunDirectory
+    from aidsafe.agents.grader import METRICS
+    from aidsafe.run.directory import RunDirectory
+    from aidsafe.tasks.filtering import filter_run
 
     target, kept, dropped = filter_run(
         RunDirectory(run_dir), minimum, metric or list(METRICS), output
@@ -705,31 +622,36 @@ def policies_show(
 
 @app.command()
 def graph(
-    config: ConfigOption = None,
     which: Annotated[
-        str, typer.Option("--which", help="aidsafe, belief (DPO pairs), baseline, unsafechain.")
+        str, typer.Option("--which", help="The recipe whose graph to print (see `recipes`).")
     ] = "aidsafe",
 ) -> None:
-    """Print a recipe graph as Mermaid."""
-    from aidsafe.config import load_config
-    from aidsafe.graph import mermaid_diagram
+    """Print a recipe's graph as Mermaid."""
+    from aidsafe.recipes.registry import mermaid_diagram
 
-    if which not in ("aidsafe", "belief", "baseline", "unsafechain"):
-        raise UserError(
-            f"--which: expected aidsafe, belief, baseline or unsafechain, got {which!r}"
-        )
-    sys.stdout.write(mermaid_diagram(load_config(config), which))
+    sys.stdout.write(mermaid_diagram(which))
+
+
+@app.command()
+def recipes() -> None:
+    """List the recipes and chains, with the roles each calls."""
+    from aidsafe.recipes.registry import CHAINS, RECIPES
+
+    print_recipes(RECIPES, CHAINS)
 
 
 @app.command("config")
 def show_config(config: ConfigOption = None) -> None:
-    """Print the effective configuration (file + AIDSAFE_* env + defaults) as YAML."""
-    from aidsafe.config import load_config
+    """Print the effective configuration (file + AIDSAFE_* env + defaults) as YAML, with the
+    model each role of the configured recipe resolves to."""
+    from aidsafe.recipes.registry import load_config, steps
 
     settings = load_config(config)
     resolved = settings.model_dump(mode="json")
     resolved["resolved_models"] = {
-        role: settings.model_for(role).model_dump(mode="json") for role in settings.roles()
+        name: settings.model_for(name, role.temperature).model_dump(mode="json")
+        for step in steps(settings.recipe)
+        for name, role in step.roles(settings).items()
     }
     sys.stdout.write(yaml.safe_dump(resolved, sort_keys=False))
 

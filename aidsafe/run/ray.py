@@ -1,4 +1,4 @@
-"""`--engine ray`: the same run spread over Ray workers, on one machine or a cluster.
+"""`--engine ray`: the same stage spread over Ray workers, on one machine or a cluster.
 
 The driver (the `aidsafe` process) streams the input, skips finished rows, hands each row to a
 worker and writes what comes back to the run directory, as a local run does: the ledgers are
@@ -18,16 +18,17 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from collections.abc import Iterator
+from typing import Any
 
-from langchain_core.language_models import BaseChatModel
-
-from aidsafe.config import BELIEF_ROLES, RunConfig
+from aidsafe.config import RunConfig
 from aidsafe.errors import UserError
+from aidsafe.inputs import PromptRow
 from aidsafe.policies import PolicySet
+from aidsafe.recipes.base import Recipe
+from aidsafe.records import Reason, failure_record
+from aidsafe.run.outcome import Outcome, item_outcome
 
-Task = Literal["generate", "pairs"]
 INSTALL_HINT = "install it with: pip install 'aidsafe[ray]'"
 # Times Ray resubmits a row whose worker died before the row is recorded as `worker_lost`.
 ROW_RETRIES = 3
@@ -63,38 +64,37 @@ class RecipeWorker:
 
     def __init__(
         self,
+        recipe: Recipe,
         config_data: dict[str, Any],
         policies: PolicySet,
-        task: Task,
-        models: Mapping[str, BaseChatModel] | None,
+        digest: str,
+        scripted: dict[str, Any],
     ) -> None:
         from langgraph.checkpoint.memory import InMemorySaver
 
-        from aidsafe.belief import compile_belief_graph
-        from aidsafe.context import build_context
-        from aidsafe.graph import compile_graph
+        from aidsafe.agents.context import build_context
+        from aidsafe.models import scripted as scripted_models
 
-        self.config = RunConfig.model_validate(config_data)
-        self.task = task
-        roles = BELIEF_ROLES if task == "pairs" else None
-        self.ctx = build_context(self.config, policies, models, roles=roles)
+        for name, model in scripted.items():  # test doubles travel with the run
+            scripted_models.register(name, model)
+        self.recipe = recipe
+        self.digest = digest
+        config = RunConfig.model_validate(config_data)
+        self.ctx = build_context(config, recipe.roles(config), policies)
         self.saver = InMemorySaver()
-        compile_ = compile_belief_graph if task == "pairs" else compile_graph
-        self.graph = compile_(self.ctx, self.saver)
+        self.graph = recipe.graph().compile(checkpointer=self.saver, name=recipe.name)
 
     def pid(self) -> int:
         return os.getpid()
 
-    async def run(self, item: Any) -> Any:
-        from aidsafe.runner import row_outcome, trace_pair_outcome
+    async def run(self, item: PromptRow) -> Outcome:
+        from aidsafe.run.outcome import thread_id
 
-        if self.task == "pairs":
-            outcome = await trace_pair_outcome(self.graph, self.saver, self.ctx, self.config, item)
-            thread_id = f"dpo:{item['id']}"
-        else:
-            outcome = await row_outcome(self.graph, self.saver, self.ctx, self.config, item)
-            thread_id = item.id
-        await self.saver.adelete_thread(thread_id)  # in memory: the driver holds the outcome
+        outcome = await item_outcome(
+            self.recipe, self.graph, self.saver, self.ctx, item, self.digest
+        )
+        # in memory: the driver holds the outcome
+        await self.saver.adelete_thread(thread_id(self.recipe, self.digest, item))
         return outcome
 
 
@@ -157,22 +157,24 @@ def worker_env(config: RunConfig, roles: list[str]) -> dict[str, str]:
 
 
 class RayPool:
-    """Ray actors running one task; `submit` sends a row to the least busy worker."""
+    """Ray actors running one recipe's items; `submit` sends an item to the least busy worker."""
 
     def __init__(
         self,
+        recipe: Recipe,
         config: RunConfig,
         policies: PolicySet,
-        task: Task,
+        digest: str,
         *,
         address: str | None = None,
         workers: int | None = None,
-        models: Mapping[str, BaseChatModel] | None = None,
     ) -> None:
         check_ray_available()
         import ray
 
-        roles = list(BELIEF_ROLES) if task == "pairs" else config.roles()
+        from aidsafe.models.scripted import registered
+
+        roles = list(recipe.roles(config))
         resources = worker_resources(config, roles)
         self.started_ray = start_ray(address, workers)
         cluster = ray.cluster_resources()
@@ -197,11 +199,15 @@ class RayPool:
             **resources,
         )
         data = config.model_dump(mode="json")
+        scripted = registered(
+            config.model_for(role).model or ""
+            for role in roles
+            if config.model_for(role).backend == "scripted"
+        )
         self.workers: list[Any] = [
-            actor.remote(data, policies, task, models) for _ in range(workers)
+            actor.remote(recipe, data, policies, digest, scripted) for _ in range(workers)
         ]
-        self._load = [0] * len(self.workers)  # rows in flight per worker
-        self.task = task
+        self._load = [0] * len(self.workers)  # items in flight per worker
 
     @property
     def size(self) -> int:
@@ -212,15 +218,14 @@ class RayPool:
 
         return list(ray.get([worker.pid.remote() for worker in self.workers]))
 
-    async def submit(self, item: Any) -> Any:
-        """The worker's Outcome for `item`; a worker lost for good gives a failure record."""
-        from ray.exceptions import RayActorError
-
-        from aidsafe.runner import Outcome, failure_record
+    async def submit(self, item: PromptRow) -> Outcome:
+        """The worker's Outcome for `item`. A worker lost for good, or an error the worker could
+        not turn into a row, gives a failure record: the run goes on."""
+        from ray.exceptions import RayActorError, RayTaskError
 
         try:
-            # the least busy worker: no row queues behind others on one worker while another
-            # has a free slot, so a worker's death takes only the rows it was running
+            # the least busy worker: no item queues behind others on one worker while another
+            # has a free slot, so a worker's death takes only the items it was running
             worker = min(range(len(self.workers)), key=self._load.__getitem__)
             self._load[worker] += 1
             try:
@@ -228,13 +233,13 @@ class RayPool:
             finally:
                 self._load[worker] -= 1
         except RayActorError as error:
-            if self.task == "pairs":
-                row_id, index, prompt = item["id"], None, item["prompt"]
-            else:
-                row_id, index, prompt = item.id, item.index, item.prompt
             detail = f"the Ray worker died {ROW_RETRIES + 1} times running this row: {error}"
-            failure = failure_record(row_id, index, prompt, "worker", "worker_lost", detail)
-            return Outcome(False, 0, failure)
+            reason = Reason.WORKER_LOST
+        except RayTaskError as error:
+            detail = f"the Ray worker failed on this row: {str(error).splitlines()[0][:500]}"
+            reason = Reason.INTERNAL_ERROR
+        failure = failure_record(item.id, item.index, item.prompt, "worker", reason, detail)
+        return Outcome(False, 0, failure)
 
     def close(self) -> None:
         import ray

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aidsafe.agents.grader import METRICS
 from aidsafe.errors import UserError
-from aidsafe.grading import GRADES, METRICS, summarize_grades
-from aidsafe.rundir import RunDirectory, read_jsonl
+from aidsafe.jsonl import read_jsonl
+from aidsafe.run.directory import GRADES, RunDirectory
+from aidsafe.schemas import REMOVAL_REASONS
 from aidsafe.stats import bootstrap_ci, mean, win_rate
-
-REMOVAL_REASONS = ("repetitive", "redundant", "deceptive", "policy_inconsistent")
+from aidsafe.tasks.grading import summarize_grades
 
 
 @dataclass
@@ -51,13 +52,15 @@ def load_run(path: Path) -> RunStats:
         for call in trace.get("calls", []):
             tokens[call["role"]] += call["input_tokens"] + call["output_tokens"]
     rows = len(traces)
-    deliberative = [t for t in traces if t.get("recipe") == "aidsafe"]
+    # deliberation statistics for runs whose recipe read the deliberation settings
+    settings = manifest.get("config", {}).get("settings", {})
+    deliberative = [t for t in traces if "deliberation" in settings and "removed" in t]
     removed: Counter[str] = Counter()
     for trace in deliberative:
         removed.update(r["reason"] for r in trace["removed"])
     return RunStats(
         name=path.name or str(path),
-        recipe=str(manifest.get("config", {}).get("recipe", "?")),
+        recipe=str(manifest.get("recipe") or manifest.get("config", {}).get("recipe", "?")),
         scores=scores,
         summary=summarize_grades(iter(grades)),
         rows=rows,

@@ -1,0 +1,143 @@
+"""Rendering: the only place that prints. Summaries are drawn from what the pipeline returns,
+the same way for every recipe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+
+# What each ledger file holds, for the closing line of a summary.
+FILE_NOTES = {
+    "sft.jsonl": "training rows",
+    "traces.jsonl": "full records",
+    "dpo.jsonl": "TRL preference rows",
+    "dpo_failures.jsonl": "prompts without a pair, with the reason",
+    "judgments.jsonl": "one verdict per row",
+    "grades.jsonl": "scores per row",
+}
+
+
+def rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return rate(value)
+    return str(value)
+
+
+def statistics_rows(statistics: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """A recipe's statistics as table rows, nested mappings flattened (`target: safe_at_1`)."""
+    rows: list[tuple[str, str]] = []
+    for key, value in statistics.items():
+        name = f"{prefix}{key.replace('_', ' ')}"
+        if isinstance(value, dict):
+            rows += statistics_rows(value, f"{name}: ")
+        else:
+            rows.append((name, _value(value)))
+    return rows
+
+
+def print_stage(summary: Any) -> None:
+    """One stage's table: this run, the whole directory, tokens per role, its statistics."""
+    totals = summary.totals
+    table = Table(title=f"recipe: {summary.recipe}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    if summary.total is not None:
+        table.add_row("rows in input (after --limit)", str(summary.total))
+    table.add_row("done / failed this run", f"{summary.done_now} / {summary.failed_now}")
+    table.add_row("already finished earlier", str(summary.skipped))
+    table.add_row("done / failed in directory", f"{totals['done']} / {totals['failed']}")
+    for reason, count in totals["failed_by_reason"].items():
+        table.add_row(f"  failed: {reason}", str(count))
+    for role, tokens in totals["tokens_by_role"].items():
+        table.add_row(
+            f"  tokens: {role}",
+            f"{tokens['input']:,} in / {tokens['output']:,} out ({tokens['calls']} calls)",
+        )
+    for name, value in statistics_rows(summary.statistics):
+        table.add_row(name, value)
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    out.print(table)
+    files = ", ".join(
+        f"{name} ({FILE_NOTES[name]})" if name in FILE_NOTES else name for name in summary.ledger
+    )
+    out.print(f"Outputs in [bold]{escape(summary.out)}[/]: {files}, manifest.json")
+    if totals["failed_by_reason"].get("endpoint_error"):
+        out.print("Some rows hit endpoint errors; re-run with --retry-failed to try them again.")
+
+
+def print_judge_summary(summary: Any) -> None:
+    metrics = summary.metrics
+    overall = metrics["overall"]
+    table = Table(
+        title=f"safety judged by {metrics['judge']['kind']} judge ({metrics['judge']['view']})"
+    )
+    for column in ("", "Safe@1", "ConsSafe@K", "Safe@K", "prompts"):
+        table.add_column(column, justify="right" if column else "left")
+    rows = [("overall", overall), *metrics["per_policy"].items()]
+    for name, values in rows:
+        table.add_row(
+            name,
+            rate(values["safe_at_1"]),
+            rate(values["cons_safe_at_k"]),
+            rate(values["safe_at_k"]),
+            str(values["prompts"]),
+        )
+    out.print(table)
+    out.print(
+        f"{overall['samples_judged']} samples judged (K from {overall['k_min']} to "
+        f"{overall['k_max']} per prompt); {overall['samples_unjudged']} unjudged, left out of "
+        f"the metrics {metrics['unjudged_by_reason'] or ''}"
+    )
+    stage = summary.stage
+    out.print(
+        f"This run: {stage.done_now} judged, {stage.failed_now} unjudged, "
+        f"{stage.skipped} judged earlier. Outputs in [bold]{escape(stage.out)}[/]: "
+        "judgments.jsonl, summary.json"
+    )
+
+
+def print_grades(summary: Any) -> None:
+    table = Table(title=f"grades ({summary.summary['grader']})")
+    for column in ("metric", "mean", "95% CI", "graded", "unparseable"):
+        table.add_column(column)
+    for metric, stats in summary.summary["metrics"].items():
+        ci = stats["ci95"]
+        table.add_row(
+            metric,
+            rate(stats["mean"]),
+            f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a",
+            str(stats["n_graded"]),
+            str(stats["n_unparseable"]),
+        )
+    out.print(table)
+    stage = summary.stage
+    out.print(
+        f"This run: {stage.done_now} rows graded, {stage.skipped} graded earlier. "
+        f"Grades in {escape(stage.out)}: grades.jsonl, grades_summary.json"
+    )
+
+
+def print_recipes(recipes: dict[str, Any], chains: dict[str, tuple[str, ...]]) -> None:
+    table = Table(title="recipes", show_lines=True)
+    for column in ("recipe", "what it makes", "roles (default temperature)", "reads"):
+        table.add_column(column)
+    for name, recipe in recipes.items():
+        roles = "\n".join(
+            f"{role.name}{'_N' if role.numbered else ''} ({role.temperature:g}): {role.description}"
+            for role in recipe.declared_roles
+        )
+        source = "prompts" if recipe.consumes == "prompts" else f"rows of {recipe.accepts}"
+        table.add_row(name, recipe.description, roles, source)
+    for name, steps in chains.items():
+        table.add_row(name, "chain: " + " then ".join(steps), "", "prompts")
+    out.print(table)

@@ -1,0 +1,240 @@
+"""The run directory: one table of every file a run may hold, grouped for archiving; append-only
+ledgers (one flushed line per finished item; a torn last line is cut), the manifest, and the
+checkpoint database. An item is in its done ledger, in its failures ledger, or still to do."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from aidsafe.errors import UserError
+from aidsafe.jsonl import dumps, read_jsonl, truncate_partial_line, write_atomic, write_jsonl
+from aidsafe.recipes import registry
+
+MANIFEST = "manifest.json"
+CHECKPOINTS = "checkpoints.sqlite"
+SFT_SELECTED = "sft_selected.jsonl"
+GRADES = "grades.jsonl"
+GRADES_SUMMARY = "grades_summary.json"
+SFT_FILTERED = "sft_filtered.jsonl"
+JUDGMENTS = "judgments.jsonl"
+JUDGE_SUMMARY = "summary.json"
+
+# Files that are not a recipe's ledger, by archive group. Group `run` is the run itself:
+# archiving it (generate --force) moves every file of the table, since all derive from it.
+OTHER_FILES: dict[str, str] = {
+    MANIFEST: "run",
+    CHECKPOINTS: "run",
+    SFT_SELECTED: "run",
+    JUDGMENTS: "run",
+    JUDGE_SUMMARY: "run",
+    GRADES: "grades",
+    GRADES_SUMMARY: "grades",
+    SFT_FILTERED: "grades",
+}
+
+
+def file_table() -> dict[str, str]:
+    """Every file a run directory may hold -> its archive group: each registered recipe's
+    ledger files in the recipe's group, and the files above."""
+    table: dict[str, str] = {}
+    for recipe in registry.RECIPES.values():
+        for name in recipe.ledger.files:
+            table.setdefault(name, recipe.archive_group)
+    return table | OTHER_FILES
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two fingerprinted configs differ, for the refusal message."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = []
+        for key in sorted(set(old) | set(new)):
+            changes += config_changes(old.get(key), new.get(key), f"{prefix}{key}.")
+        return changes
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+@dataclass
+class LedgerState:
+    finished: set[str] = field(default_factory=set)  # done or failed
+    duplicates: set[int] = field(default_factory=set)  # source indexes already recorded
+
+
+class RunDirectory:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._handles: dict[str, TextIO] = {}
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path(CHECKPOINTS)
+
+    # --- the manifest --------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any] | None:
+        path = self.path(MANIFEST)
+        if not path.exists():
+            return None
+        try:
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(
+                f"{path}: unreadable manifest ({error}); is this a run directory?"
+            ) from error
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_atomic(self.path(MANIFEST), json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+    # --- opening a stage -----------------------------------------------------------------------
+
+    def open_stage(
+        self,
+        section: str | None,
+        settings: dict[str, Any],
+        fingerprint: str,
+        force: bool,
+        group: str,
+        what: str = "a run",
+    ) -> str | None:
+        """Open the directory for one stage whose fingerprint lives in `section` of the
+        manifest (None: its top level). A changed configuration is refused unless `force`,
+        which moves the stage's archive `group` aside. Returns where it went."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root}: exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        manifest = self.manifest()
+        table = file_table()
+        archived = None
+        if manifest is None and any(self.path(name).exists() for name in table):
+            if not force:
+                raise UserError(f"{self.root}: has run files but no manifest; use --force")
+            archived = self.archive("run")
+        elif manifest is not None:
+            previous = manifest if section is None else manifest.get(section, {})
+            if previous.get("fingerprint") not in (None, fingerprint):
+                if not force:
+                    changes = config_changes(previous.get("config", {}), settings)
+                    shown = "\n  ".join(changes[:12]) or "(fingerprint differs)"
+                    raise UserError(
+                        f"{self.root} holds {what} made with a different configuration:\n"
+                        f"  {shown}\nUse a new --out directory to keep both, or --force to move "
+                        "the earlier outputs into a subfolder and start again."
+                    )
+                archived = self.archive(group)
+        for name in table:
+            if name.endswith(".jsonl"):
+                truncate_partial_line(self.path(name))
+        return archived
+
+    def archive(self, group: str) -> str:
+        """Move the files of `group` (`run`: every file of the table) into a new subfolder."""
+        target = self.root / f"replaced-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
+        target.mkdir()
+        for name, file_group in file_table().items():
+            if (group == "run" or file_group == group) and self.path(name).exists():
+                shutil.move(str(self.path(name)), target / name)
+        return str(target)
+
+    def rebuild_derived(
+        self, source: str, derived: str, rows_of: Callable[[dict[str, Any]], list[dict[str, Any]]]
+    ) -> None:
+        """`derived` is rebuilt from `source` when the two disagree (a crash between the two
+        appends, or a derived file deleted by hand)."""
+        expected = [
+            row["id"] for record in read_jsonl(self.path(source)) for row in rows_of(record)
+        ]
+        if expected == [row["id"] for row in read_jsonl(self.path(derived))]:
+            return
+        write_jsonl(
+            self.path(derived),
+            (row for record in read_jsonl(self.path(source)) for row in rows_of(record)),
+        )
+
+    def ledger_state(self, done: str, failures: str) -> LedgerState:
+        state = LedgerState()
+        for row in read_jsonl(self.path(done)):
+            state.finished.add(row["id"])
+        if failures != done:
+            for row in read_jsonl(self.path(failures)):
+                if row.get("reason") == "duplicate_id":
+                    state.duplicates.add(int(row["index"]))
+                else:
+                    state.finished.add(row["id"])
+        return state
+
+    def ids(self, name: str) -> set[str]:
+        return {row["id"] for row in read_jsonl(self.path(name))}
+
+    def drop_failures(self, name: str, keep: Callable[[dict[str, Any]], bool]) -> int:
+        """Rewrite a failures file keeping only rows `keep` accepts (for --retry-failed)."""
+        rows = list(read_jsonl(self.path(name)))
+        kept = [row for row in rows if keep(row)]
+        if len(kept) != len(rows):
+            write_jsonl(self.path(name), kept)
+        return len(rows) - len(kept)
+
+    # --- appending -----------------------------------------------------------------------------
+
+    def append(self, name: str, row: dict[str, Any]) -> None:
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = self.path(name).open("a", encoding="utf-8")
+        handle.write(dumps(row) + "\n")
+        handle.flush()  # survives a killed process; the OS writes it out
+
+    def append_all(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.append(name, row)
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    # --- summaries -----------------------------------------------------------------------------
+
+    def totals(
+        self,
+        done_file: str,
+        failures_file: str,
+        reason_of: Callable[[dict[str, Any]], str | None] = lambda row: row.get("reason"),
+    ) -> dict[str, Any]:
+        """Counts and token totals of one ledger over the whole directory, resumed runs
+        included. In a ledger that holds both (judgments), `reason_of` tells failures."""
+        tokens: dict[str, dict[str, int]] = {}
+        reasons: Counter[str] = Counter()
+        done = 0
+
+        def add_calls(calls: list[dict[str, Any]]) -> None:
+            for call in calls:
+                entry = tokens.setdefault(call["role"], {"calls": 0, "input": 0, "output": 0})
+                entry["calls"] += 1
+                entry["input"] += call.get("input_tokens", 0)
+                entry["output"] += call.get("output_tokens", 0)
+
+        for row in read_jsonl(self.path(done_file)):
+            reason = reason_of(row) if failures_file == done_file else None
+            if reason:
+                reasons[reason] += 1
+            else:
+                done += 1
+            add_calls(row.get("calls") or row.get("metadata", {}).get("calls", []))
+        if failures_file != done_file:
+            for failure in read_jsonl(self.path(failures_file)):
+                reasons[failure["reason"]] += 1
+                add_calls(failure.get("calls", []))
+        return {
+            "done": done,
+            "failed": sum(reasons.values()),
+            "failed_by_reason": dict(sorted(reasons.items())),
+            "tokens_by_role": tokens,
+        }

@@ -1,0 +1,92 @@
+"""The driver: streams items to N concurrent workers in one structured task group, counts them
+for the progress line, and stops the whole run at the first error no row can absorb (a failed
+ledger write, a bug outside any row), so a run ends or fails but never hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+T = TypeVar("T")
+
+
+class Tally:
+    """Counts items and tokens for the progress line and the summary."""
+
+    def __init__(self, progress: Progress | None, description: str, total: int | None) -> None:
+        self.progress = progress
+        self.done = 0
+        self.failed = 0
+        self.skipped = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+        self.task = progress.add_task(description, total=total, status="") if progress else None
+
+    def skip(self) -> None:
+        self.skipped += 1
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
+
+    def advance(self, ok: bool, tokens: int) -> None:
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+        self.tokens += tokens
+        if self.progress is not None and self.task is not None:
+            rate = (self.done + self.failed) / max(time.perf_counter() - self.started, 1e-9)
+            speed = f"{rate:.1f} rows/s" if rate >= 1 else f"{60 * rate:.1f} rows/min"
+            status = f"ok {self.done}  failed {self.failed}  {speed}  tokens {self.tokens:,}"
+            self.progress.update(self.task, advance=1, status=status)
+
+
+def progress_display(console: Console, show: bool) -> Progress | None:
+    if not show:
+        return None
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+async def drive(
+    items: Iterable[T],
+    concurrency: int,
+    process: Callable[[T], Awaitable[tuple[bool, int]]],
+    tally: Tally,
+) -> None:
+    """Feed items to `concurrency` workers through a bounded queue, so input is streamed. An
+    exception in a worker or in the input cancels every other task and is raised here (the
+    first one, unwrapped from its exception group)."""
+    queue: asyncio.Queue[tuple[T] | None] = asyncio.Queue(maxsize=concurrency * 2)
+
+    async def worker() -> None:
+        while (item := await queue.get()) is not None:
+            ok, tokens = await process(item[0])
+            tally.advance(ok, tokens)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+            for item in items:
+                await queue.put((item,))
+            for _ in range(concurrency):
+                await queue.put(None)
+    except BaseExceptionGroup as errors:
+        raise _first(errors) from None
+
+
+def _first(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = errors.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first

