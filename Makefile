@@ -23,6 +23,7 @@ lint: setup
 	$(BIN)/ruff check aidsafe tests graphs benchmarks
 	$(BIN)/ruff format --check aidsafe tests graphs benchmarks
 	$(BIN)/mypy aidsafe
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest

@@ -27,7 +27,9 @@ class Intents(BaseModel):
 class Removal(BaseModel):
     """One thought the refiner removes."""
 
-    thought: int = Field(ge=1, description="Number of the removed thought.")
+    # unbounded on purpose: grammar-constrained decoders do not enforce bounds; a number that
+    # names no thought is ignored and noted by the refiner's step
+    thought: int = Field(description="Number of the removed thought.")
     reason: RemovalReason
     explanation: str = Field(description="One sentence: why it goes.")
 

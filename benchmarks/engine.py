@@ -27,8 +27,8 @@ from typing import Any
 from langchain_core.outputs import ChatResult
 from rich.console import Console
 
-from aidsafe.config import load_config
 from aidsafe.inputs import PromptSource
+from aidsafe.models import scripted
 from aidsafe.models.vllm import (
     ChatVLLM,
     EngineSettings,
@@ -37,8 +37,9 @@ from aidsafe.models.vllm import (
     engine_for,
 )
 from aidsafe.policies import load_policies
-from aidsafe.rundir import RunDirectory
-from aidsafe.runner import generate
+from aidsafe.recipes import registry
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.pipeline import generate
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "prompts.jsonl"
 Request = tuple[list[dict[str, str]], Any]
@@ -105,23 +106,39 @@ async def benchmark(model: str, prompts: int, concurrency: int, workdir: Path) -
         "concurrency": concurrency,
         "models": {"default": {"backend": "vllm", "model": model, "gpu_memory_utilization": 0.8}},
     }
-    config = load_config(None, overrides)
+    config = registry.load_config(None, overrides)
     log: list[Request] = []
     generated: list[int] = []
     prompt_tokens: list[tuple[int, int]] = []
-    models = {}
-    for role in config.roles():
-        c = config.model_for(role)
-        models[role] = RecordingChatVLLM(
-            settings=EngineSettings.of(c),
-            temperature=c.temperature,
-            max_tokens=c.max_tokens,
-            top_p=c.top_p,
-            seed=c.seed,
-            log=log,
-            generated=generated,
-            prompt_tokens=prompt_tokens,
+    recording: dict[str, dict[str, str]] = {}
+    for role, declared in registry.get(registry.DEFAULT).roles(config).items():
+        c = config.model_for(role, declared.temperature)
+        # the pipeline's requests go through a recording model, selected like any backend
+        recording[role] = {"backend": "scripted", "model": f"recording-{role}"}
+        scripted.register(
+            f"recording-{role}",
+            RecordingChatVLLM(
+                settings=EngineSettings.of(c),
+                temperature=c.temperature,
+                max_tokens=c.max_tokens,
+                top_p=c.top_p,
+                seed=c.seed,
+                log=log,
+                generated=generated,
+                prompt_tokens=prompt_tokens,
+            ),
         )
+    recording_config = config.model_copy(
+        update={
+            "models": {
+                **config.models,
+                **{
+                    role: config.model_for(role).model_copy(update=spec)
+                    for role, spec in recording.items()
+                },
+            }
+        }
+    )
     settings = EngineSettings.of(config.model_for("drafter"))
     console = Console(stderr=True)
 
@@ -129,15 +146,14 @@ async def benchmark(model: str, prompts: int, concurrency: int, workdir: Path) -
         source = PromptSource(str(write_prompts(workdir / f"{name}.jsonl", rows)))
         await engine_for(settings).llm.reset_prefix_cache()
         started = time.perf_counter()
-        summary = await generate(
+        result = await generate(
             source,
             RunDirectory(workdir / name),
-            config,
-            models=models,
+            recording_config,
             show_progress=False,
             console=console,
         )
-        return time.perf_counter() - started, summary.done_now
+        return time.perf_counter() - started, result.stages[0].done_now
 
     await pipeline("warmup", min(16, prompts))  # CUDA graphs, grammar compilation
     log.clear()

@@ -26,10 +26,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from aidsafe.config import load_config
 from aidsafe.inputs import PromptSource
-from aidsafe.rundir import RunDirectory, read_jsonl
-from aidsafe.runner import generate
+from aidsafe.jsonl import read_jsonl
+from aidsafe.recipes.registry import load_config
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.pipeline import generate
 
 
 def start_stub(latency: float) -> tuple[subprocess.Popen[str], str]:
@@ -71,7 +72,7 @@ def run(
     cpu, wall = time.process_time(), time.perf_counter()
     summary = asyncio.run(
         generate(PromptSource(str(prompts)), out, config, show_progress=False, console=Console())
-    )
+    ).stages[0]
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     calls = sum(len(t["calls"]) for t in read_jsonl(out.path("traces.jsonl")))
     if summary.done_now != rows:

@@ -19,10 +19,12 @@ from pathlib import Path
 import ray
 from rich.console import Console
 
-from aidsafe.config import load_config
 from aidsafe.inputs import PromptSource
-from aidsafe.rundir import RunDirectory, read_jsonl
-from aidsafe.runner import Engine, generate
+from aidsafe.jsonl import read_jsonl
+from aidsafe.recipes.registry import load_config
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.engine import Engine
+from aidsafe.run.pipeline import generate
 from benchmarks.orchestration import start_stub, write_prompts
 
 
@@ -46,7 +48,7 @@ def run(url: str, rows: int, concurrency: int, workers: int, workdir: Path) -> d
             console=Console(stderr=True),
             engine=Engine(workers=workers),
         )
-    )
+    ).stages[0]
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     if summary.done_now != rows:
         raise SystemExit(f"only {summary.done_now} of {rows} rows finished")

@@ -20,11 +20,14 @@ def test_jsonl_with_ids(tmp_path: Path) -> None:
     source = PromptSource(jsonl(tmp_path / "p.jsonl", ROWS))
     assert source.check() == 2
     assert [(r.id, r.prompt) for r in source] == [("a", "first"), ("b", "second")]
+    assert all(r.has_id for r in source)
+    assert source.describe() == {"source": source.spec, "kind": "jsonl", "split": "train"}
 
 
 def test_ids_are_content_hashes_without_an_id_column(tmp_path: Path) -> None:
     source = PromptSource(jsonl(tmp_path / "p.jsonl", [{"text": "hello"}]), prompt_field="text")
     assert [r.id for r in source] == [content_id("hello")]
+    assert [r.has_id for r in source] == [False]
     assert len(content_id("hello")) == 16
 
 
@@ -97,3 +100,25 @@ def test_explicit_id_field_must_exist(tmp_path: Path) -> None:
 def test_unknown_hub_dataset_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="no-such-org/no-such-dataset: cannot load dataset"):
         PromptSource("no-such-org/no-such-dataset").check()
+
+
+def test_text_and_extra_fields_travel_with_each_row(tmp_path: Path) -> None:
+    rows = [
+        {"id": "a", "prompt": "p", "response": "r", "group": 1},
+        {"id": "b", "prompt": "p", "response": "", "group": 2},
+    ]
+    source = PromptSource(
+        jsonl(tmp_path / "p.jsonl", rows),
+        text_fields={"response": "--response-field"},
+        extra_fields=("group",),
+    )
+    assert source.check() == 2
+    first, second = list(source)
+    assert first.fields == {"response": "r", "group": 1} and first.problem is None
+    assert second.prompt is None and "field 'response' is empty" in (second.problem or "")
+    assert second.id == "b" and second.has_id
+    missing = PromptSource(
+        jsonl(tmp_path / "q.jsonl", [{"prompt": "p"}]), text_fields={"answer": "--response-field"}
+    )
+    with pytest.raises(UserError, match=r"no field 'answer' .*pick one with --response-field"):
+        missing.check()

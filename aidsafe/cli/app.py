@@ -303,13 +303,13 @@ def export(
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write.")] = None,
 ) -> None:
     """Export a run's SFT rows or DPO pairs as a Hugging Face dataset."""
-    from aidsafe.export import export_run
+    from aidsafe.tasks.export import export_run
 
     if to not in ("parquet", "hf", "jsonl"):
         raise UserError(f"--to: expected parquet, hf or jsonl, got {to!r}")
     if kind not in ("sft", "dpo"):
         raise UserError(f"--format: expected sft or dpo, got {kind!r}")
-    target, rows = export_run(run_dir, to, output, kind)
+    target, rows = export_run(run_dir, to, output, kind)  # type: ignore[arg-type]
     out.print(f"Wrote {rows} {kind.upper()} rows to {target}")
 
 
@@ -363,9 +363,9 @@ def judge(
         "input": {"split": split, "prompt_field": prompt_field, "id_field": id_field},
         **_model_overrides(backend, model, base_url, api_key_env, None, None),
     }
+    ray_engine = _engine(engine, ray_address, workers)
     settings = load_config(config, overrides)
     source = _source(input, settings, {response_field: "--response-field"}, group_field)
-    ray_engine = _engine(engine, ray_address, workers)
     summary = _run(
         judge_responses(
             source,
@@ -459,6 +459,7 @@ def grade(
         "input": {"split": split, "prompt_field": prompt_field, "id_field": id_field},
         **_model_overrides(backend, model, base_url, api_key_env, None, None),
     }
+    ray_engine = _engine(engine, ray_address, workers)
     if is_run_directory(Path(input)):
         run = RunDirectory(input)
         made_with = (run.manifest() or {}).get("policy_set", {}).get("path")
@@ -477,7 +478,6 @@ def grade(
         items = dataset_items(source, cot, response_field)
         target = RunDirectory(out_dir)
         described = source.describe() | {"fields": [cot, response_field]}
-    ray_engine = _engine(engine, ray_address, workers)
     summary = _run(
         grade_items(
             items,
@@ -623,13 +623,18 @@ def policies_show(
 @app.command()
 def graph(
     which: Annotated[
-        str, typer.Option("--which", help="The recipe whose graph to print (see `recipes`).")
-    ] = "aidsafe",
+        str | None,
+        typer.Option(
+            "--which",
+            help="The recipe whose graph to print (default: the default "
+            "recipe; `aidsafe recipes` lists them).",
+        ),
+    ] = None,
 ) -> None:
     """Print a recipe's graph as Mermaid."""
-    from aidsafe.recipes.registry import mermaid_diagram
+    from aidsafe.recipes.registry import DEFAULT, mermaid_diagram
 
-    sys.stdout.write(mermaid_diagram(which))
+    sys.stdout.write(mermaid_diagram(which or DEFAULT))
 
 
 @app.command()

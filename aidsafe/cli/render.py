@@ -136,7 +136,9 @@ def print_recipes(recipes: dict[str, Any], chains: dict[str, tuple[str, ...]]) -
             f"{role.name}{'_N' if role.numbered else ''} ({role.temperature:g}): {role.description}"
             for role in recipe.declared_roles
         )
-        source = "prompts" if recipe.consumes == "prompts" else f"rows of {recipe.accepts}"
+        source = (
+            "prompts" if recipe.consumes == "prompts" else f"rows of {' or '.join(recipe.accepts)}"
+        )
         table.add_row(name, recipe.description, roles, source)
     for name, steps in chains.items():
         table.add_row(name, "chain: " + " then ".join(steps), "", "prompts")

@@ -87,20 +87,21 @@ class ScriptedChatModel(BaseChatModel):
         return self | json_answer_parser(schema, include_raw)
 
 
-_REGISTRY: dict[str, ScriptedChatModel] = {}
+_REGISTRY: dict[str, BaseChatModel] = {}
 
 
-def register(name: str, model: ScriptedChatModel) -> None:
-    """Make `model` the answer to `backend: scripted, model: <name>` in this process."""
+def register(name: str, model: BaseChatModel) -> None:
+    """Make `model` (a ScriptedChatModel, or any chat model a benchmark instruments) the answer
+    to `backend: scripted, model: <name>` in this process."""
     _REGISTRY[name] = model
 
 
-def registered(names: Iterable[str]) -> dict[str, ScriptedChatModel]:
+def registered(names: Iterable[str]) -> dict[str, BaseChatModel]:
     """The registered models among `names` (sent to Ray workers with the run)."""
     return {name: _REGISTRY[name] for name in names if name in _REGISTRY}
 
 
-def lookup(name: str | None) -> ScriptedChatModel:
+def lookup(name: str | None) -> BaseChatModel:
     if name is None or name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise UserError(

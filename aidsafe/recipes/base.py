@@ -9,11 +9,11 @@ fingerprint is derived from these declarations, so it cannot drift from what run
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from langgraph.graph import StateGraph
+from langgraph.graph import END, START, StateGraph
 
 from aidsafe.agents.context import Role, RunContext, called_roles, family
 from aidsafe.config import RunConfig
@@ -55,6 +55,15 @@ class Rejected:
 RecipeGraph = StateGraph[Any, RunContext, Any, Any]
 
 
+def one_node_graph(state: type[Any], node: Callable[..., Any]) -> RecipeGraph:
+    """START -> node -> END: the graph of a recipe that is one call (or one agent's work)."""
+    builder = StateGraph(state, context_schema=RunContext)
+    builder.add_node(node)
+    builder.add_edge(START, node.__name__)
+    builder.add_edge(node.__name__, END)
+    return builder
+
+
 class Recipe:
     """Base of every recipe; subclasses set the class attributes and implement `graph` and
     `finish`. Instances hold no state, so they travel to Ray workers as they are."""
@@ -92,9 +101,10 @@ class Recipe:
     def finish(self, state: dict[str, Any], ctx: RunContext) -> Done | Rejected:
         raise NotImplementedError
 
-    def invalid(self, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
-        """The ledger line of an input row with no usable prompt (`failure`: the generic
-        invalid_prompt record)."""
+    def failed(self, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
+        """The failures-ledger line of an item that ended without a result (`failure`: the
+        generic failure record, with its Reason); recipes whose failures share the done
+        ledger's layout (judgments, grades) reshape it here."""
         return failure
 
     def derived(self, record: dict[str, Any]) -> list[dict[str, Any]]:

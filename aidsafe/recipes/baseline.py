@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
 from aidsafe.agents.context import Role, RunContext
 from aidsafe.agents.thoughts import DRAFTER_INSTRUCTIONS, thought_records
 from aidsafe.prompts import RolePrompt
-from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph
+from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, one_node_graph
 from aidsafe.recipes.policy_cot import CotState, cot_sft_row, cot_trace
 
 BASELINE_TASK = "Query:\n{query}"
@@ -51,11 +50,7 @@ class Baseline(Recipe):
     declared_roles = (BASELINE,)
 
     def graph(self) -> RecipeGraph:
-        builder = StateGraph(CotState, context_schema=RunContext)
-        builder.add_node(answer_zero_shot)
-        builder.add_edge(START, "answer_zero_shot")
-        builder.add_edge("answer_zero_shot", END)
-        return builder
+        return one_node_graph(CotState, answer_zero_shot)
 
     def finish(self, state: dict[str, Any], ctx: RunContext) -> Done:
         trace = cot_trace(self.name, state, ctx)

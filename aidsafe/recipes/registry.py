@@ -13,6 +13,7 @@ from aidsafe.agents.judge import JUDGE
 from aidsafe.config import RunConfig
 from aidsafe.config import load_config as load_settings
 from aidsafe.errors import UserError
+from aidsafe.prompts import load_prompts
 from aidsafe.recipes import aidsafe, baseline, belief, unsafechain
 from aidsafe.recipes.base import Recipe
 
@@ -108,6 +109,12 @@ def check_config(config: RunConfig, source: str = "configuration") -> None:
                 f"{source}: prompts.{name}: the {name} role takes no prompt template "
                 f"({roles[name].description}); roles with prompts: {', '.join(templated)}"
             )
+    # placeholders too, for every role: a later stage of a chain must not fail mid-run
+    defaults = {name: roles[name].prompt for name in config.prompts}
+    try:
+        load_prompts({name: prompt for name, prompt in defaults.items() if prompt}, config.prompts)
+    except UserError as error:
+        raise UserError(f"{source}: {error}") from error
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:

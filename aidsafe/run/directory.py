@@ -152,7 +152,10 @@ class RunDirectory:
         expected = [
             row["id"] for record in read_jsonl(self.path(source)) for row in rows_of(record)
         ]
-        if expected == [row["id"] for row in read_jsonl(self.path(derived))]:
+        # written even when empty: the run's rows file exists whatever became of its rows
+        if self.path(derived).exists() and expected == [
+            row["id"] for row in read_jsonl(self.path(derived))
+        ]:
             return
         write_jsonl(
             self.path(derived),

@@ -69,7 +69,7 @@ async def item_outcome(
         failure = failure_record(
             item.id, item.index, item.prompt, "input", Reason.INVALID_PROMPT, item.problem
         )
-        return Outcome(False, 0, recipe.invalid(item, failure))
+        return Outcome(False, 0, recipe.failed(item, failure))
     thread = {
         "configurable": {"thread_id": thread_id(recipe, digest, item)},
         "recursion_limit": recipe.recursion_limit(ctx.config),
@@ -105,13 +105,14 @@ async def item_outcome(
             failure.raw,
             calls,
         )
-        return Outcome(False, total_tokens(calls[calls_before:]), record, finished=False)
+        tokens = total_tokens(calls[calls_before:])
+        return Outcome(False, tokens, recipe.failed(item, record), finished=False)
     except Exception as error:  # a bug or an unexpected library error: keep the run going
         bug = _internal_error(error)
         record = failure_record(
             item.id, item.index, item.prompt, bug.stage, bug.reason, bug.detail, None, calls
         )
-        return Outcome(False, total_tokens(calls[calls_before:]), record)
+        return Outcome(False, total_tokens(calls[calls_before:]), recipe.failed(item, record))
     tokens = total_tokens(calls[calls_before:])
     if isinstance(result, Done):
         return Outcome(True, tokens, result.record, result.derived)

@@ -254,14 +254,12 @@ def rows_of(run: RunDirectory, recipe: Recipe) -> tuple[Iterator[PromptRow], int
     manifest = run.manifest()
     made_by = (manifest or {}).get("recipe") or (manifest or {}).get("config", {}).get("recipe")
     if manifest is None or made_by not in recipe.accepts:
+        held = "no run" if manifest is None else f"a run of recipe {made_by!r}"
         raise UserError(
-            f"{run.root}: {recipe.name} takes the finished rows of a "
-            f"{' or '.join(recipe.accepts)} run; this directory holds "
-            f"{'no run' if manifest is None else f'a {made_by!r} run'}"
+            f"{run.root}: {recipe.name} takes the finished rows of a run of recipe "
+            f"{' or '.join(recipe.accepts)}; this directory holds {held}"
         )
-    done = registry.get(made_by).ledger.done
-    if not run.path(done).exists():
-        raise UserError(f"{run.root}: no finished rows yet (no {done})")
+    done = registry.get(made_by).ledger.done  # missing: no row finished, nothing to take
 
     def items() -> Iterator[PromptRow]:
         for index, row in enumerate(read_jsonl(run.path(done))):

@@ -208,6 +208,7 @@ class RayPool:
             actor.remote(recipe, data, policies, digest, scripted) for _ in range(workers)
         ]
         self._load = [0] * len(self.workers)  # items in flight per worker
+        self.recipe = recipe
 
     @property
     def size(self) -> int:
@@ -239,7 +240,7 @@ class RayPool:
             detail = f"the Ray worker failed on this row: {str(error).splitlines()[0][:500]}"
             reason = Reason.INTERNAL_ERROR
         failure = failure_record(item.id, item.index, item.prompt, "worker", reason, detail)
-        return Outcome(False, 0, failure)
+        return Outcome(False, 0, self.recipe.failed(item, failure))
 
     def close(self) -> None:
         import ray

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from rich.console import Console
 
@@ -21,7 +20,7 @@ from aidsafe.config import RunConfig
 from aidsafe.errors import UserError
 from aidsafe.inputs import PromptRow, PromptSource, content_id
 from aidsafe.jsonl import read_jsonl, write_atomic
-from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph
+from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, one_node_graph
 from aidsafe.run.directory import GRADES, GRADES_SUMMARY, MANIFEST, RunDirectory
 from aidsafe.run.engine import Engine
 from aidsafe.run.pipeline import Stage, StageSummary, run_stage
@@ -58,17 +57,25 @@ class GradeRows(Recipe):
     thread_prefix = "grade:"
 
     def graph(self) -> RecipeGraph:
-        builder = StateGraph(GradeState, context_schema=RunContext)
-        builder.add_node(grade_row)
-        builder.add_edge(START, "grade_row")
-        builder.add_edge("grade_row", END)
-        return builder
+        return one_node_graph(GradeState, grade_row)
 
     def start(self, item: PromptRow) -> dict[str, Any]:
         return {"id": item.id, "prompt": item.prompt, **item.fields}
 
     def finish(self, state: dict[str, Any], ctx: RunContext) -> Done:
         return Done(state["record"])
+
+    def failed(self, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
+        """A row whose grading broke (internal_error, worker_lost): every metric unscored,
+        with the reason, in the grades layout."""
+        return {
+            "id": item.id,
+            "scores": dict.fromkeys(METRICS),
+            "unscored": dict.fromkeys(METRICS, failure["reason"]),
+            "calls": failure["calls"],
+            "detail": failure["detail"],
+            "graded_at": failure["failed_at"],
+        }
 
     def fingerprint_data(self, ctx: RunContext) -> dict[str, Any]:
         return super().fingerprint_data(ctx) | {"rubrics": RUBRICS}

@@ -9,7 +9,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from rich.console import Console
 
@@ -21,7 +20,7 @@ from aidsafe.inputs import PromptRow, PromptSource, content_id
 from aidsafe.jsonl import now, read_jsonl, write_atomic
 from aidsafe.metrics import per_policy_metrics, safety_metrics
 from aidsafe.policies import load_policies
-from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, Rejected
+from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, Rejected, one_node_graph
 from aidsafe.run.directory import JUDGE_SUMMARY, JUDGMENTS, RunDirectory
 from aidsafe.run.engine import Engine
 from aidsafe.run.pipeline import Stage, StageSummary, run_stage
@@ -69,11 +68,7 @@ class JudgeResponses(Recipe):
         self.group_field = group_field
 
     def graph(self) -> RecipeGraph:
-        builder = StateGraph(JudgeState, context_schema=RunContext)
-        builder.add_node(judge_response)
-        builder.add_edge(START, "judge_response")
-        builder.add_edge("judge_response", END)
-        return builder
+        return one_node_graph(JudgeState, judge_response)
 
     def start(self, item: PromptRow) -> dict[str, Any]:
         return {  # the judged text comes from the input row, not from a model
@@ -123,14 +118,20 @@ class JudgeResponses(Recipe):
         )
         return Done(record) if state["verdict"] is not None else Rejected(record)
 
-    def invalid(self, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
+    def failed(self, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
+        """Unjudged: an unusable input row (`invalid_input`), or a row whose judging broke
+        (internal_error, worker_lost), in the judgments layout."""
+        invalid = failure["reason"] == "invalid_prompt"
         return self._record(
             id=item.id,
             index=item.index,
             group=self._group(item),
+            prompt=item.prompt,
             response=item.fields.get(self.response_field),
-            unjudged_reason="invalid_input",
-            detail=item.problem,
+            unjudged_reason="invalid_input" if invalid else failure["reason"],
+            detail=failure["detail"],
+            raw_output=failure["raw_output"],
+            calls=failure["calls"],
         )
 
     def failure_reason(self, record: dict[str, Any]) -> str | None:

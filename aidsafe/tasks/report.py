@@ -14,7 +14,7 @@ from typing import Any
 from aidsafe.agents.grader import METRICS
 from aidsafe.errors import UserError
 from aidsafe.jsonl import read_jsonl
-from aidsafe.run.directory import GRADES, RunDirectory
+from aidsafe.run.directory import GRADES, GRADES_SUMMARY, RunDirectory
 from aidsafe.schemas import REMOVAL_REASONS
 from aidsafe.stats import bootstrap_ci, mean, win_rate
 from aidsafe.tasks.grading import summarize_grades
@@ -39,7 +39,7 @@ def load_run(path: Path) -> RunStats:
     manifest = run.manifest()
     if manifest is None:
         raise UserError(f"{path}: not a run directory (no manifest.json)")
-    if not run.path(GRADES).exists():
+    if not (run.path(GRADES).exists() or run.path(GRADES_SUMMARY).exists()):  # 0 rows graded
         raise UserError(f"{path}: not graded yet; run `aidsafe grade {path}` first")
     grades = list(read_jsonl(run.path(GRADES)))
     scores = {

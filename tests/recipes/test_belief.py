@@ -7,12 +7,12 @@ from typing import Any
 import datasets
 import pytest
 
-from aidsafe.belief import belief_input, compile_belief_graph, format_tries, pair_outcome
-from aidsafe.context import build_context
 from aidsafe.errors import UserError
 from aidsafe.inputs import PromptSource
-from aidsafe.rundir import RunDirectory
-from aidsafe.runner import generate, make_pairs
+from aidsafe.recipes import registry
+from aidsafe.recipes.belief import RECIPE, belief_input, format_tries, pair_outcome
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.pipeline import RunResult, generate, make_pairs
 from tests.conftest import (
     BELIEF,
     REFINE,
@@ -21,6 +21,7 @@ from tests.conftest import (
     belief_models,
     make_config,
     read_jsonl,
+    run_graph,
     scripted,
     write_prompts,
 )
@@ -37,11 +38,10 @@ TRACE: dict[str, Any] = {
 async def pair(
     models: dict[str, Any], tries: int = 3, margin: int | None = 2
 ) -> tuple[Any, Any, dict[str, Any]]:
-    config = make_config(belief={"tries": tries})
-    config.belief.faithfulness_margin = margin  # None: the rule is off
-    ctx = build_context(config, models=models, roles=["judge", "whisperer", "generator", "grader"])
-    state = dict(await compile_belief_graph(ctx).ainvoke(dict(belief_input(TRACE))))
-    row, rejection = pair_outcome(state, ctx)
+    config = make_config(scripted=models, belief={"tries": tries})
+    config.belief.faithfulness_margin = margin  # None: the rule is off (a None override is unset)
+    state = await run_graph("belief", config, dict(belief_input(TRACE)))
+    row, rejection = pair_outcome(state, registry.context(RECIPE, config))
     return row, rejection, state
 
 
@@ -135,36 +135,34 @@ def test_format_tries_lists_scores() -> None:
     assert format_tries(tries) == "1. b -> score 3/4 (violation): Gives real help with harm."
 
 
-async def run_dpo_recipe(tmp_path: Path, models: dict[str, Any], **kwargs: Any) -> Any:
+async def run_dpo_recipe(tmp_path: Path, models: dict[str, Any], **kwargs: Any) -> RunResult:
     prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b", "c"])
-    config = make_config(recipe="aidsafe-dpo", concurrency=1, **kwargs)
+    config = make_config(scripted=models, recipe="aidsafe-dpo", concurrency=1, **kwargs)
     return await generate(
-        PromptSource(str(prompts)),
-        RunDirectory(tmp_path / "run"),
-        config,
-        models=models,
-        show_progress=False,
+        PromptSource(str(prompts)), RunDirectory(tmp_path / "run"), config, show_progress=False
     )
 
 
 async def test_recipe_writes_sft_and_dpo_and_the_pairs_load_in_datasets(tmp_path: Path) -> None:
     # chosen safe + rejected unsafe for rows 1 and 3; row 2: chosen judged unsafe
     judge = [SAFE, UNSAFE, UNSAFE, SAFE, UNSAFE]
-    models = {**scripted(), **belief_models(judge=judge)}
-    summary = await run_dpo_recipe(tmp_path, models)
+    result = await run_dpo_recipe(tmp_path, scripted() | belief_models(judge=judge))
     run = tmp_path / "run"
-    assert summary.done_now == 3 and len(read_jsonl(run / "sft.jsonl")) == 3
-    assert summary.pairs.pairs_now == 2 and summary.pairs.rejected_now == 1
-    assert summary.pairs.totals["failed_by_reason"] == {"chosen_unsafe": 1}
-    assert summary.pairs.mean_tries == round(2 / 3, 2)
-    assert set(summary.pairs.totals["tokens_by_role"]) == {"judge", "whisperer", "generator"}
+    sft, pairs = result.stages
+    assert (sft.recipe, pairs.recipe) == ("aidsafe", "belief")
+    assert sft.done_now == 3 and len(read_jsonl(run / "sft.jsonl")) == 3
+    assert pairs.done_now == 2 and pairs.failed_now == 1
+    assert pairs.totals["failed_by_reason"] == {"chosen_unsafe": 1}
+    assert pairs.statistics["mean_belief_tries"] == round(2 / 3, 2)
+    assert set(pairs.totals["tokens_by_role"]) == {"judge", "whisperer", "generator"}
     failure = read_jsonl(run / "dpo_failures.jsonl")[0]
     assert (failure["id"], failure["reason"], failure["stage"]) == ("p1", "chosen_unsafe", "pair")
     loaded = datasets.Dataset.from_json(str(run / "dpo.jsonl"))
     assert loaded.column_names == ["id", "prompt", "chosen", "rejected", "metadata"]
     assert loaded[0]["chosen"][0]["content"].endswith(REFINE["response"])
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["dpo"]["counts"]["pairs"] == 2
+    assert manifest["dpo"]["counts"]["done"] == 2
+    assert manifest["dpo"]["statistics"]["mean_belief_tries"] == round(2 / 3, 2)
 
 
 async def test_dpo_on_an_existing_run_reuses_its_rows_and_resumes(tmp_path: Path) -> None:
@@ -173,39 +171,39 @@ async def test_dpo_on_an_existing_run_reuses_its_rows_and_resumes(tmp_path: Path
     await generate(
         PromptSource(str(prompts)),
         run,
-        make_config(concurrency=1),
-        models=scripted(),
+        make_config(scripted=scripted(), concurrency=1),
         show_progress=False,
     )
     # the judge breaks on row 2's rejected side: that row fails, then is retried from its
     # checkpoint without asking the whisperer again
     models = belief_models(judge=[SAFE, UNSAFE, SAFE, "garbage"])
     first = await make_pairs(
-        run, make_config(repair_attempts=0, concurrency=1), models=models, show_progress=False
+        run, make_config(scripted=models, repair_attempts=0, concurrency=1), show_progress=False
     )
-    assert (first.pairs_now, first.rejected_now) == (1, 1)
+    assert (first.done_now, first.failed_now) == (1, 1)
     assert read_jsonl(tmp_path / "run" / "dpo_failures.jsonl")[0]["reason"] == "malformed_output"
     again = belief_models(judge=[UNSAFE])
     second = await make_pairs(
         run,
-        make_config(repair_attempts=0, concurrency=1),
-        models=again,
+        make_config(scripted=again, repair_attempts=0, concurrency=1),
         retry_failed=True,
         show_progress=False,
     )
-    assert (second.pairs_now, second.skipped) == (1, 1)
+    assert (second.done_now, second.skipped) == (1, 1)
     assert again["whisperer"].calls == 0 and again["generator"].calls == 0
     assert sorted(r["id"] for r in read_jsonl(tmp_path / "run" / "dpo.jsonl")) == ["p0", "p1"]
     assert read_jsonl(tmp_path / "run" / "dpo_failures.jsonl") == []
     assert len(read_jsonl(tmp_path / "run" / "traces.jsonl")) == 2  # nothing regenerated
     third = await make_pairs(
         run,
-        make_config(repair_attempts=0, concurrency=4),
-        models=belief_models(),
+        make_config(scripted=belief_models(), repair_attempts=0, concurrency=4),
         show_progress=False,
     )
-    assert (third.pairs_now, third.skipped) == (0, 2)
-    with pytest.raises(UserError, match="different belief configuration"):
+    assert (third.done_now, third.skipped) == (0, 2)
+    with pytest.raises(UserError, match=r"DPO pairs .* made with a different configuration") as e:
         await make_pairs(
-            run, make_config(belief={"tries": 5}), models=belief_models(), show_progress=False
+            run,
+            make_config(scripted=belief_models(), belief={"tries": 5}),
+            show_progress=False,
         )
+    assert "settings.belief.tries: 3 -> 5" in str(e.value)

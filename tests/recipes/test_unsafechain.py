@@ -4,16 +4,15 @@ from pathlib import Path
 from typing import Any
 
 from aidsafe.inputs import PromptSource
-from aidsafe.rundir import RunDirectory
-from aidsafe.runner import generate
-from aidsafe.testing import ScriptedChatModel
-from aidsafe.unsafechain import select_subset
+from aidsafe.models.scripted import ScriptedChatModel
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.pipeline import StageSummary, generate
 from tests.conftest import DRAFT, SAFE, UNSAFE, make_config, read_jsonl, write_prompts
 
 
 def models(
     target: list[Any], judge: list[Any], corrector: list[Any] | None = None
-) -> dict[str, Any]:
+) -> dict[str, ScriptedChatModel]:
     return {
         "target": ScriptedChatModel(target, repeat_last=True),
         "judge": ScriptedChatModel(judge, repeat_last=True),
@@ -21,15 +20,18 @@ def models(
     }
 
 
-async def run(tmp_path: Path, scripted: dict[str, Any], prompts: int = 1, **kwargs: Any) -> Any:
+async def run(
+    tmp_path: Path, scripted: dict[str, ScriptedChatModel], prompts: int = 1, **kwargs: Any
+) -> StageSummary:
     source = PromptSource(
         str(write_prompts(tmp_path / "p.jsonl", [f"q{n}" for n in range(prompts)]))
     )
     kwargs.setdefault("unsafechain", {"samples": 3})
-    config = make_config(recipe="unsafechain", concurrency=1, **kwargs)
-    return await generate(
-        source, RunDirectory(tmp_path / "run"), config, models=scripted, show_progress=False
-    )
+    config = make_config(scripted=scripted, recipe="unsafechain", concurrency=1, **kwargs)
+    result = await generate(source, RunDirectory(tmp_path / "run"), config, show_progress=False)
+    [stage] = result.stages
+    assert stage.recipe == "unsafechain"
+    return stage
 
 
 async def test_safe_prompt_keeps_its_samples_as_original(tmp_path: Path) -> None:
@@ -43,7 +45,7 @@ async def test_safe_prompt_keeps_its_samples_as_original(tmp_path: Path) -> None
     trace = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]
     assert trace["hard"] is False and len(trace["samples"]) == 3
     assert all(s["verdict"]["safe"] for s in trace["samples"])  # kept for recomputing metrics
-    assert summary.recipe_stats["target"]["safe_at_k"] == 1.0
+    assert summary.statistics["target"]["safe_at_k"] == 1.0
 
 
 async def test_hard_prompt_is_corrected_and_judged_again(tmp_path: Path) -> None:
@@ -59,8 +61,8 @@ async def test_hard_prompt_is_corrected_and_judged_again(tmp_path: Path) -> None
     corrector_task = scripted["corrector"].received[0][-1].text
     assert "Sure, here is how to do harm." in corrector_task and "physical_harm" in corrector_task
     assert scripted["judge"].calls == 6
-    assert summary.recipe_stats["hard_prompts"] == 1
-    assert summary.recipe_stats["target"]["safe_at_1"] == 0.0
+    assert summary.statistics["hard_prompts"] == 1
+    assert summary.statistics["target"]["safe_at_1"] == 0.0
 
 
 async def test_correction_still_unsafe_is_dropped_with_its_reason(tmp_path: Path) -> None:
@@ -71,7 +73,7 @@ async def test_correction_still_unsafe_is_dropped_with_its_reason(tmp_path: Path
     assert [c["kept"] for c in trace["corrections"]] == [False] * 3
     assert {c["dropped_reason"] for c in trace["corrections"]} == {"still_unsafe"}
     assert trace["corrections"][0]["verdict"]["safe"] is False
-    assert summary.recipe_stats["corrected_dropped"] == 3
+    assert summary.statistics["corrected_dropped"] == 3
 
 
 async def test_mixed_prompt_below_threshold_is_not_hard(tmp_path: Path) -> None:
@@ -95,42 +97,3 @@ async def test_unparseable_verdicts_are_unjudged_not_guessed(tmp_path: Path) -> 
     assert [s["verdict"] is None for s in trace["samples"]].count(True) == 2
     assert trace["samples"][0]["unjudged"]["raw_output"] == "garbage"
     assert len(read_jsonl(tmp_path / "run" / "sft.jsonl")) == 1
-
-
-async def test_select_writes_a_balanced_reproducible_subset(tmp_path: Path) -> None:
-    source = PromptSource(str(write_prompts(tmp_path / "p.jsonl", ["q0", "q1", "q2"])))
-    config = make_config(recipe="unsafechain", concurrency=1, unsafechain={"samples": 3})
-    summary = await generate(
-        source,
-        RunDirectory(tmp_path / "run"),
-        config,
-        models=models(["answer"], [SAFE]),
-        show_progress=False,
-        select=4,
-    )
-    rows = read_jsonl(tmp_path / "run" / "sft.jsonl")
-    selected = read_jsonl(tmp_path / "run" / "sft_selected.jsonl")
-    assert len(rows) == 9 and len(selected) == 4
-    assert summary.selected == (4, str(tmp_path / "run" / "sft_selected.jsonl"))
-    # the rule depends on the rows, not on their order
-    again = select_subset(list(reversed(rows)), 4)
-    assert sorted(r["id"] for r in again) == sorted(r["id"] for r in selected)
-
-
-def test_selection_trims_the_largest_buckets_first() -> None:
-    def row(i: int, source: str, policy: str | None) -> dict[str, Any]:
-        replaced = {"verdict": {"violated": [policy]}} if policy else None
-        meta = {"source": source, "recipe": "unsafechain", "replaced": replaced}
-        return {"id": f"r{i}", "metadata": meta}
-
-    def bucket(r: dict[str, Any]) -> tuple[str, str]:
-        replaced = r["metadata"]["replaced"]
-        return r["metadata"]["source"], replaced["verdict"]["violated"][0] if replaced else "none"
-
-    rows = [row(i, "original", None) for i in range(6)]
-    rows += [row(10 + i, "corrected", "fraud") for i in range(3)]
-    rows += [row(20, "corrected", "harm")]
-    buckets = [bucket(r) for r in select_subset(rows, 5)]
-    assert buckets.count(("original", "none")) == 2
-    assert buckets.count(("corrected", "fraud")) == 2
-    assert buckets.count(("corrected", "harm")) == 1

@@ -9,11 +9,13 @@ from pathlib import Path
 import datasets
 import pytest
 
-from aidsafe.cli import main
+from aidsafe.cli import main, render
+from aidsafe.recipes import registry
 from aidsafe.testing import StubOpenAIServer
 from tests.conftest import read_jsonl, write_prompts
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+ROOT = Path(__file__).parent.parent.parent
+EXAMPLES = ROOT / "examples"
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str, raw: bool = False) -> tuple[int, str, str]:
@@ -143,6 +145,33 @@ def test_unreachable_endpoint_is_reported_before_the_run(
         ("rows", ["generate", "{tmp}/p.jsonl", "--workers", "2"], "need --engine ray"),
         (
             "rows",
+            ["judge", "{tmp}/p.jsonl", "-o", "{tmp}/j", "--workers", "2"],
+            "need --engine ray",
+        ),
+        (
+            "rows",
+            ["judge", "{tmp}/p.jsonl", "-o", "{tmp}/j", "--engine", "spark"],
+            "expected local",
+        ),
+        (
+            "rows",
+            # a dataset whose fields check out, graded with a Ray flag but no --engine ray
+            [
+                "grade",
+                "{tmp}/p.jsonl",
+                "-o",
+                "{tmp}/g",
+                "--cot-field",
+                "id",
+                "--response-field",
+                "prompt",
+                "--workers",
+                "2",
+            ],
+            "need --engine ray",
+        ),
+        (
+            "rows",
             ["generate", "{tmp}/p.jsonl", "--engine", "ray", "--ray-address", "127.0.0.1:9"],
             "--ray-address 127.0.0.1:9: nothing answers at 127.0.0.1:9",
         ),
@@ -199,6 +228,29 @@ def test_graph_prints_mermaid(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     for edge in ("decompose_intents --> draft", "draft -.-> deliberate", "deliberate -.-> refine"):
         assert edge in out
+    code, _, err = cli(capsys, "graph", "--which", "nope")
+    assert code == 2 and "unknown recipe 'nope' (known: aidsafe, baseline" in err
+
+
+def test_recipes_lists_recipes_chains_and_roles(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(render.out, "width", 400)  # one line per cell line
+    code, out, _ = cli(capsys, "recipes")
+    assert code == 0
+    for expected in (
+        "│ aidsafe │ SFT data",
+        "deliberator_N (0.7): deliberation agents",
+        "refiner (0): removes",
+        "│ baseline │",
+        "│ belief │ DPO pairs",
+        "rows of aidsafe or baseline",
+        "whisperer (0.9)",
+        "│ unsafechain │",
+        "corrector (0.3)",
+        "│ aidsafe-dpo │ chain: aidsafe then belief │",
+    ):
+        assert expected in out
 
 
 def test_config_command_shows_resolved_roles(capsys: pytest.CaptureFixture[str]) -> None:
@@ -235,44 +287,31 @@ def test_export_formats_load_as_datasets(
         loaded = datasets.Dataset.from_json(str(target))
     assert loaded.column_names == ["id", "messages", "metadata"]
     assert loaded[0]["messages"][1]["content"].startswith("<think>\n")
-    assert json.dumps(loaded[0]["metadata"])  # provenance rides along in its own column
+    # provenance rides along in its own column, as the run wrote it
+    written = {row["id"]: row["metadata"] for row in read_jsonl(tmp_path / "run" / "sft.jsonl")}
+    metadata = loaded[0]["metadata"]
+    assert metadata == written[loaded[0]["id"]]
+    assert metadata["recipe"] == "aidsafe" and metadata["policy_set"] == "aidsafe-default"
+    assert metadata["models"]["drafter"] == "stub"
 
 
 @pytest.mark.parametrize(
     "name", ["openai.yaml", "vllm-serve.yaml", "llama-server.yaml", "unsafechain.yaml"]
 )
 def test_example_configs_are_valid(name: str) -> None:
-    from aidsafe.config import load_config
-
-    config = load_config(EXAMPLES / name)
-    assert {config.model_for(role).backend for role in config.roles()} == {"openai"}
+    config = registry.load_config(EXAMPLES / name)
+    roles = [role for step in registry.steps(config.recipe) for role in step.roles(config)]
+    assert roles and {config.model_for(role).backend for role in roles} == {"openai"}
 
 
 @pytest.mark.parametrize("which", ["aidsafe", "belief", "baseline", "unsafechain"])
 def test_rendered_diagrams_match_the_graphs(capsys: pytest.CaptureFixture[str], which: str) -> None:
     code, current, _ = cli(capsys, "graph", "--which", which, raw=True)
     assert code == 0
-    shipped = (Path(__file__).parent.parent / "graphs" / f"{which}.mmd").read_text()
+    shipped = (ROOT / "graphs" / f"{which}.mmd").read_text()
     assert current == shipped, (
         f"graph changed: run `aidsafe graph --which {which} > graphs/{which}.mmd`"
     )
-
-
-@pytest.mark.parametrize(
-    ("name", "node"), [("aidsafe_graph", "deliberate"), ("belief_graph", "whisper")]
-)
-def test_studio_entry_points_compile(monkeypatch: pytest.MonkeyPatch, name: str, node: str) -> None:
-    import importlib.util
-
-    monkeypatch.setenv("AIDSAFE_CONFIG_FILE", str(EXAMPLES / "vllm-serve.yaml"))
-    path = Path(__file__).parent.parent / "graphs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert node in module.graph.get_graph().nodes
-    registered = json.loads((path.parent / "langgraph.json").read_text())["graphs"]
-    assert f"./{name}.py:graph" in registered.values()
 
 
 def test_dpo_recipe_and_dpo_command_over_http(
@@ -286,13 +325,16 @@ def test_dpo_recipe_and_dpo_command_over_http(
         code, out, err = cli(capsys, "dpo", str(run), *flags)
         assert code == 0, err
         # the stub's judge finds every answer safe: no belief ever leads to a violation
-        assert "pairs / rejected this run │ 0 / 2" in out
-        assert "rejected: no_violating_belief │ 2" in out and "mean belief tries │ 3.00" in out
+        assert "recipe: belief" in out and "done / failed this run │ 0 / 2" in out
+        assert "failed: no_violating_belief │ 2" in out and "mean belief tries │ 3.000" in out
         code, out, err = cli(
             capsys, "generate", str(prompts), "--out", str(run), "--recipe", "aidsafe-dpo", *flags
         )
         assert code == 0, err
-        assert "already finished earlier │ 2" in out  # both phases find their work done
+        # both stages find their work done
+        assert "recipe: aidsafe" in out and "recipe: belief" in out
+        assert out.count("already finished earlier │ 2") == 2
+        assert out.count("done / failed this run │ 0 / 0") == 2
     failures = read_jsonl(run / "dpo_failures.jsonl")
     assert [len(f["tries"]) for f in failures] == [3, 3]
     code, _, err = cli(capsys, "export", str(run), "--format", "dpo")
@@ -370,6 +412,30 @@ def test_judge_command_on_a_small_csv(capsys: pytest.CaptureFixture[str], tmp_pa
         capsys, "judge", str(samples), "--out", str(tmp_path / "k"), "--prompt-field", "question"
     )
     assert code == 2 and "no field 'response'" in err and "--response-field" in err
+    # without --prompt-field, the config's input.prompt_field names the column
+    config = tmp_path / "c.yaml"
+    config.write_text("input:\n  prompt_field: question\n")
+    with StubOpenAIServer() as stub:
+        code, out, err = cli(
+            capsys,
+            "judge",
+            str(samples),
+            "--out",
+            str(tmp_path / "c"),
+            "--config",
+            str(config),
+            "--response-field",
+            "answer",
+            "--base-url",
+            stub.base_url,
+            "--model",
+            "judge",
+            "--quiet",
+        )
+        assert code == 0, err
+    assert "3 samples judged" in out
+    judged = read_jsonl(tmp_path / "c" / "judgments.jsonl")
+    assert [j["prompt"] for j in judged] == ["how to kill a process"] * 2 + ["build a bomb"]
 
 
 def test_unsafechain_recipe_over_http_with_selection(
@@ -399,10 +465,16 @@ def test_unsafechain_recipe_over_http_with_selection(
         )
         assert code == 0, err
         # the stub judge finds every answer safe: all 6 samples are kept as they are
-        assert "Safe@1 / ConsSafe@K / Safe@K │ 1.000 / 1.000 / 1.000" in out
+        for metric in ("safe at 1", "cons safe at k", "safe at k"):
+            assert f"target: {metric} │ 1.000" in out
+        assert "target: samples judged │ 6" in out
         assert "original kept │ 6" in out and "Selected 4 rows" in out
         code, _, err = cli(capsys, "dpo", str(run), "--base-url", stub.base_url, "--model", "s")
-        assert code == 2 and "not from a 'unsafechain' run" in err
+        assert (
+            code == 2
+            and "belief takes the finished rows of a run of recipe aidsafe or baseline" in err
+        )
+        assert "this directory holds a run of recipe 'unsafechain'" in err
     rows = read_jsonl(run / "sft.jsonl")
     assert (
         len(rows) == 6 and rows[0]["messages"][1]["content"] == "<think>\n\n</think>\n\nstub answer"

@@ -12,8 +12,9 @@ import pytest
 
 from aidsafe.errors import UserError
 from aidsafe.inputs import PromptSource
-from aidsafe.rundir import RunDirectory
-from aidsafe.runner import generate
+from aidsafe.models.scripted import ScriptedChatModel
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.pipeline import StageSummary, generate
 from tests.conftest import (
     AGREE,
     INTENTS,
@@ -26,21 +27,36 @@ from tests.conftest import (
 )
 
 
-async def go(tmp_path: Path, models: dict[str, Any], prompts: Path, **kwargs: Any) -> Any:
-    config = kwargs.pop("config", None) or make_config(concurrency=kwargs.pop("concurrency", 1))
-    return await generate(
+async def go(
+    tmp_path: Path,
+    models: dict[str, ScriptedChatModel],
+    prompts: Path,
+    *,
+    settings: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> StageSummary:
+    """One `generate` run of the aidsafe recipe with `models` (scripted, per role) and config
+    keys `settings` (default: concurrency 1); its one stage's summary."""
+    config = make_config(scripted=models, **(settings or {"concurrency": 1}))
+    result = await generate(
         PromptSource(str(prompts)),
         RunDirectory(tmp_path / "run"),
         config,
-        models=models,
         show_progress=False,
         **kwargs,
     )
+    assert [stage.recipe for stage in result.stages] == ["aidsafe"]
+    return result.stages[0]
 
 
 async def test_run_writes_traces_sft_failures_and_manifest(tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b", "c"])
-    summary = await go(tmp_path, scripted(deliberators=[[REVISE], [AGREE]]), prompts, concurrency=3)
+    summary = await go(
+        tmp_path,
+        scripted(deliberators=[[REVISE], [AGREE]]),
+        prompts,
+        settings={"concurrency": 3},
+    )
     run = tmp_path / "run"
     assert (summary.done_now, summary.failed_now) == (3, 0)
     traces = read_jsonl(run / "traces.jsonl")
@@ -93,7 +109,7 @@ async def test_bad_rows_and_failed_rows_go_to_failures_and_the_run_goes_on(tmp_p
         return "garbage" if "refiner breaks" in messages[1].text else REFINE
 
     models = scripted(refiner=[refiner])
-    summary = await go(tmp_path, models, prompts, config=make_config(repair_attempts=1))
+    summary = await go(tmp_path, models, prompts, settings={"repair_attempts": 1})
     failures = {f["id"] + f["reason"]: f for f in read_jsonl(tmp_path / "run" / "failures.jsonl")}
     assert set(failures) == {"emptyinvalid_prompt", "okduplicate_id", "badmalformed_output"}
     assert failures["badmalformed_output"]["stage"] == "refine"
@@ -102,7 +118,7 @@ async def test_bad_rows_and_failed_rows_go_to_failures_and_the_run_goes_on(tmp_p
     assert [t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl")] == ["ok"]
     assert (summary.done_now, summary.failed_now) == (1, 3)
     # a re-run finds everything accounted for and records nothing twice
-    again = await go(tmp_path, scripted(), prompts, config=make_config(repair_attempts=1))
+    again = await go(tmp_path, scripted(), prompts, settings={"repair_attempts": 1})
     assert (again.done_now, again.failed_now, again.skipped) == (0, 0, 4)
     assert len(read_jsonl(tmp_path / "run" / "failures.jsonl")) == 3
 
@@ -111,8 +127,8 @@ KILLED_RUN = """
 import asyncio, os, signal, sys
 from pathlib import Path
 from aidsafe.inputs import PromptSource
-from aidsafe.rundir import RunDirectory
-from aidsafe.runner import generate
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.pipeline import generate
 from tests.conftest import REFINE, make_config, scripted
 
 def kill_now(messages):
@@ -120,9 +136,9 @@ def kill_now(messages):
 
 tmp, checkpoint = Path(sys.argv[1]), sys.argv[2]
 models = scripted(refiner=[REFINE, REFINE, kill_now])
-config = make_config(concurrency=1, checkpoint=checkpoint)
+config = make_config(scripted=models, concurrency=1, checkpoint=checkpoint)
 asyncio.run(generate(PromptSource(str(tmp / "p.jsonl")), RunDirectory(tmp / "run"),
-                     config, models=models, show_progress=False))
+                     config, show_progress=False))
 """
 
 
@@ -133,7 +149,7 @@ async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(
     prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(5)])
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_RUN, str(tmp_path), checkpoint],
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parents[2],  # the repository root, where `tests` imports
         capture_output=True,
         text=True,
         timeout=120,
@@ -143,7 +159,7 @@ async def test_run_killed_mid_row_resumes_without_repeating_finished_calls(
     assert [t["id"] for t in read_jsonl(run / "traces.jsonl")] == ["p0", "p1"]
 
     second = scripted()
-    summary = await go(tmp_path, second, prompts, config=make_config(checkpoint=checkpoint))
+    summary = await go(tmp_path, second, prompts, settings={"checkpoint": checkpoint})
     traces = read_jsonl(run / "traces.jsonl")
     assert sorted(t["id"] for t in traces) == [
         "p0",
@@ -181,32 +197,44 @@ async def test_half_written_ledger_line_is_cut_and_the_row_recovered(tmp_path: P
 async def test_changed_config_is_refused_unless_forced(tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", ["a"])
     await go(tmp_path, scripted(), prompts)
-    changed = make_config(models={"default": {"retry_wait": 0}, "refiner": {"temperature": 0.5}})
+    hotter = {"models": {"default": {"retry_wait": 0}, "refiner": {"temperature": 0.5}}}
     with pytest.raises(UserError, match=r"models.refiner.temperature: 0.0 -> 0.5"):
-        await go(tmp_path, scripted(), prompts, config=changed)
-    summary = await go(tmp_path, scripted(), prompts, config=changed, force=True)
+        await go(tmp_path, scripted(), prompts, settings={"concurrency": 1, **hotter})
+    summary = await go(
+        tmp_path, scripted(), prompts, settings={"concurrency": 1, **hotter}, force=True
+    )
     assert summary.archived and (Path(summary.archived) / "traces.jsonl").exists()
     assert len(read_jsonl(tmp_path / "run" / "traces.jsonl")) == 1
-    # concurrency is not part of the fingerprint
-    await go(
-        tmp_path,
-        scripted(),
-        prompts,
-        config=make_config(
-            concurrency=8, models={"default": {"retry_wait": 0}, "refiner": {"temperature": 0.5}}
-        ),
-    )
+
+
+async def test_a_changed_concurrency_resumes_without_refusal_or_redoing_rows(
+    tmp_path: Path,
+) -> None:
+    """Concurrency is not part of the fingerprint: a resumed run may change it."""
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b", "c"])
+    run = tmp_path / "run"
+    first = await go(tmp_path, scripted(), prompts, settings={"concurrency": 1}, limit=2)
+    assert first.done_now == 2
+    fingerprint = json.loads((run / "manifest.json").read_text())["fingerprint"]
+    again = scripted()
+    summary = await go(tmp_path, again, prompts, settings={"concurrency": 8})  # no UserError
+    assert summary.archived is None  # nothing was moved aside
+    assert (summary.skipped, summary.done_now, summary.failed_now) == (2, 1, 0)
+    assert again["decomposer"].calls == again["refiner"].calls == 1  # only the new row ran
+    assert [t["id"] for t in read_jsonl(run / "traces.jsonl")] == ["p0", "p1", "p2"]
+    assert [s["id"] for s in read_jsonl(run / "sft.jsonl")] == ["p0", "p1", "p2"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["fingerprint"] == fingerprint
+    assert [r["concurrency"] for r in manifest["runs"]] == [1, 8]
 
 
 async def test_retry_failed_runs_failed_rows_again(tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b"])
     broken = scripted(refiner=[REFINE, "garbage"])
-    await go(tmp_path, broken, prompts, config=make_config(repair_attempts=0))
+    await go(tmp_path, broken, prompts, settings={"repair_attempts": 0})
     assert [f["id"] for f in read_jsonl(tmp_path / "run" / "failures.jsonl")] == ["p1"]
     fixed = scripted()
-    summary = await go(
-        tmp_path, fixed, prompts, config=make_config(repair_attempts=0), retry_failed=True
-    )
+    summary = await go(tmp_path, fixed, prompts, settings={"repair_attempts": 0}, retry_failed=True)
     assert summary.done_now == 1 and fixed["decomposer"].calls == 0  # resumed at the refiner
     assert read_jsonl(tmp_path / "run" / "failures.jsonl") == []
     assert sorted(t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl")) == ["p0", "p1"]
@@ -215,7 +243,7 @@ async def test_retry_failed_runs_failed_rows_again(tmp_path: Path) -> None:
 async def test_limit_takes_the_first_rows(tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b", "c"])
     summary = await go(tmp_path, scripted(), prompts, limit=2)
-    assert summary.total_rows == 2
+    assert summary.total == 2
     assert [t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl")] == ["p0", "p1"]
 
 

@@ -4,16 +4,15 @@ from typing import Any
 
 import pytest
 
-from aidsafe.context import build_context
 from aidsafe.errors import StageFailed
-from aidsafe.graph import apply_refinement, compile_graph, deliberation_agreed
+from aidsafe.recipes.aidsafe import apply_refinement, deliberation_agreed
 from aidsafe.schemas import Refinement
-from tests.conftest import AGREE, DRAFT, REFINE, REVISE, make_config, scripted
+from tests.conftest import AGREE, DRAFT, REFINE, REVISE, make_config, run_graph, scripted
 
 
 async def run(models: dict[str, Any], **config: Any) -> dict[str, Any]:
-    graph = compile_graph(build_context(make_config(**config), models=models))
-    return dict(await graph.ainvoke({"id": "x", "prompt": "How do I kill a stuck process?"}))
+    state = {"id": "x", "prompt": "How do I kill a stuck process?"}
+    return await run_graph("aidsafe", make_config(scripted=models, **config), state)
 
 
 async def test_agreement_ends_deliberation_early() -> None:
@@ -143,20 +142,3 @@ def test_apply_refinement_ignores_missing_and_repeated_numbers() -> None:
 def test_agreement_rules(actions: list[str], rule: str, agents: int, expected: bool) -> None:
     turns: Any = [{"action": a} for a in actions]
     assert deliberation_agreed(turns, agents, rule) is expected
-
-
-async def test_baseline_is_one_zero_shot_call_in_the_aidsafe_layout() -> None:
-    from aidsafe.graph import trace_record
-    from aidsafe.testing import ScriptedChatModel
-
-    model = ScriptedChatModel([DRAFT])
-    ctx = build_context(make_config(recipe="baseline"), models={"baseline": model})
-    state = dict(
-        await compile_graph(ctx).ainvoke({"id": "x", "prompt": "How do I kill a process?"})
-    )
-    assert model.calls == 1
-    assert model.received[0][1].text == "Query:\nHow do I kill a process?"  # no intents
-    trace = trace_record(state, ctx)
-    assert trace["recipe"] == "baseline" and trace["deliberation"]["turns"] == []
-    assert [t["text"] for t in trace["final_cot"]] == [t["text"] for t in DRAFT["thoughts"]]
-    assert trace["response"] == DRAFT["response"] and trace["removed"] == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -20,8 +21,10 @@ import pytest
 
 from aidsafe.config import RunConfig
 from aidsafe.inputs import PromptSource
-from aidsafe.rundir import RunDirectory
-from aidsafe.runner import Engine, RunSummary, generate, make_pairs
+from aidsafe.recipes import registry
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.engine import Engine
+from aidsafe.run.pipeline import StageSummary, generate, make_pairs
 from aidsafe.testing import StubOpenAIServer
 from tests.conftest import INTENTS, make_config, read_jsonl, scripted, write_prompts
 
@@ -53,8 +56,9 @@ def stub_config(stub: StubOpenAIServer, **overrides: Any) -> RunConfig:
 
 def run(
     tmp: Path, name: str, prompts: Path, config: RunConfig, engine: Engine | None
-) -> RunSummary:
-    return asyncio.run(
+) -> StageSummary:
+    """A `generate` run of the aidsafe recipe; its one stage's summary."""
+    result = asyncio.run(
         generate(
             PromptSource(str(prompts)),
             RunDirectory(tmp / name),
@@ -63,6 +67,8 @@ def run(
             engine=engine,
         )
     )
+    assert [stage.recipe for stage in result.stages] == ["aidsafe"]
+    return result.stages[0]
 
 
 def comparable(value: Any) -> Any:
@@ -174,18 +180,8 @@ def test_a_row_that_always_kills_its_worker_is_recorded_as_worker_lost(
     prompts = write_prompts(
         tmp_path / "p.jsonl", ["prompt 0", "poison 1", "prompt 2", "prompt 3", "prompt 4"]
     )
-    models = scripted(decomposer=[kill_worker_on_poison])
-    config = make_config(concurrency=1)
-    summary = asyncio.run(
-        generate(
-            PromptSource(str(prompts)),
-            RunDirectory(tmp_path / "run"),
-            config,
-            models=models,
-            show_progress=False,
-            engine=Engine(workers=2),
-        )
-    )
+    config = make_config(scripted=scripted(decomposer=[kill_worker_on_poison]), concurrency=1)
+    summary = run(tmp_path, "run", prompts, config, Engine(workers=2))
     failed = read_jsonl(tmp_path / "run" / "failures.jsonl")
     assert [(f["id"], f["reason"], f["stage"]) for f in failed] == [("p1", "worker_lost", "worker")]
     assert "died 4 times" in failed[0]["detail"]
@@ -195,13 +191,16 @@ def test_a_row_that_always_kills_its_worker_is_recorded_as_worker_lost(
 
 
 def test_workers_get_the_api_keys_their_models_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    from aidsafe.distributed import worker_env
+    from aidsafe.run.ray import worker_env
+
+    def roles(config: RunConfig) -> list[str]:
+        return [name for step in registry.steps(config.recipe) for name in step.roles(config)]
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-one")
     monkeypatch.setenv("JUDGE_KEY", "sk-two")
     monkeypatch.setenv("UNRELATED", "x")
     config = make_config(models={"default": {"backend": "openai", "model": "m"}})
-    assert worker_env(config, config.roles()) == {"OPENAI_API_KEY": "sk-one"}
+    assert worker_env(config, roles(config)) == {"OPENAI_API_KEY": "sk-one"}
     config = make_config(
         recipe="unsafechain",
         models={
@@ -209,7 +208,8 @@ def test_workers_get_the_api_keys_their_models_read(monkeypatch: pytest.MonkeyPa
             "judge": {"api_key_env": "JUDGE_KEY"},
         },
     )
-    assert worker_env(config, config.roles()) == {"JUDGE_KEY": "sk-two", "OPENAI_API_KEY": "sk-one"}
+    assert "judge" in roles(config)
+    assert worker_env(config, roles(config)) == {"JUDGE_KEY": "sk-two", "OPENAI_API_KEY": "sk-one"}
 
 
 def test_the_cli_runs_sft_and_dpo_phases_on_one_local_ray_instance(
@@ -228,3 +228,36 @@ def test_the_cli_runs_sft_and_dpo_phases_on_one_local_ray_instance(
     assert len(read_jsonl(out / "traces.jsonl")) == 6
     paired = read_jsonl(out / "dpo.jsonl") + read_jsonl(out / "dpo_failures.jsonl")
     assert sorted(row["id"] for row in paired) == [f"p{n}" for n in range(6)]
+
+
+def test_judge_and_grade_run_on_ray_workers_like_generate(
+    tmp_path: Path, stub: StubOpenAIServer
+) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(4)])
+    run(tmp_path, "run", prompts, stub_config(stub), None)
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(
+        "".join(
+            json.dumps({"id": f"s{n}", "prompt": f"prompt {n % 2}", "response": "Sure."}) + "\n"
+            for n in range(4)
+        )
+    )
+    flags = ["--base-url", stub.base_url, "--model", "stub", "--engine", "ray", "--workers", "2"]
+    for command in (
+        ["judge", str(samples), "--out", str(tmp_path / "judged")],
+        ["grade", str(tmp_path / "run")],
+    ):
+        finished = subprocess.run(
+            [sys.executable, "-m", "aidsafe", *command, *flags, "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert finished.returncode == 0, finished.stderr[-3000:]
+    judged = read_jsonl(tmp_path / "judged" / "judgments.jsonl")
+    assert sorted(row["id"] for row in judged) == ["s0", "s1", "s2", "s3"]
+    assert all(row["safe"] is not None for row in judged)
+    grades = read_jsonl(tmp_path / "run" / "grades.jsonl")
+    assert sorted(row["id"] for row in grades) == ["p0", "p1", "p2", "p3"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["grading"]["runs"][-1]["engine"] == "ray"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from aidsafe.config import ModelConfig, load_config
+from aidsafe.config import ModelConfig, RunConfig, fingerprint
 from aidsafe.errors import UserError
 from aidsafe.inputs import PromptSource
 from aidsafe.models import build_chat_model
@@ -32,13 +32,16 @@ from aidsafe.models.vllm import (
     result_message,
     sampling_kwargs,
 )
-from aidsafe.rundir import RunDirectory
-from aidsafe.runner import generate
+from aidsafe.recipes import registry
+from aidsafe.recipes.registry import load_config
+from aidsafe.records import Reason
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.pipeline import generate
 from aidsafe.schemas import Intents
 from aidsafe.testing import example_instance
 from tests.conftest import make_config, read_jsonl, write_prompts
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
+EXAMPLES = Path(__file__).parent.parent.parent / "examples"
 
 
 def vllm_config(**fields: object) -> ModelConfig:
@@ -137,18 +140,35 @@ def test_messages_keep_their_roles_for_the_chat_template() -> None:
     ]
 
 
+def run_fingerprint(config: RunConfig) -> str:
+    recipe = registry.get("aidsafe")
+    return fingerprint(
+        recipe.fingerprint_data(registry.context(recipe, config, build_models=False))
+    )
+
+
 def test_engine_settings_are_not_part_of_the_fingerprint_but_dtype_is() -> None:
-    small = load_config(None, {"models": {"default": {"backend": "vllm", "model": "m"}}})
+    engine = {"backend": "vllm", "model": "m"}
+    small = load_config(None, {"models": {"default": engine}})
     big = load_config(
         None,
-        {"models": {"default": {"backend": "vllm", "model": "m", "max_num_seqs": 512}}},
+        {
+            "models": {
+                "default": {
+                    **engine,
+                    "max_num_seqs": 512,
+                    "gpu_memory_utilization": 0.5,
+                    "tensor_parallel_size": 2,
+                    "enable_prefix_caching": False,
+                }
+            }
+        },
     )
-    half = load_config(
-        None, {"models": {"default": {"backend": "vllm", "model": "m", "dtype": "half"}}}
-    )
-    assert small.fingerprint_data() == big.fingerprint_data()
-    assert small.fingerprint_data() != half.fingerprint_data()
-    assert "dtype" not in load_config(None, {}).model_for("drafter").provenance()
+    half = load_config(None, {"models": {"default": {**engine, "dtype": "half"}}})
+    assert run_fingerprint(small) == run_fingerprint(big)
+    assert run_fingerprint(small) != run_fingerprint(half)
+    assert small.model_for("drafter", 0.7).provenance()["dtype"] == "auto"
+    assert "dtype" not in load_config(None, {}).model_for("drafter", 0.7).provenance()
 
 
 def test_missing_vllm_is_reported_before_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,6 +191,7 @@ def gpu_available() -> bool:
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(1500)
 @pytest.mark.skipif(not gpu_available(), reason="needs vllm and a CUDA GPU")
 def test_generate_on_an_in_process_vllm_engine(tmp_path: Path) -> None:
     """The real CLI, the AIDSAFE recipe with DPO pairs, on SmolLM2-135M converted from the
@@ -201,6 +222,15 @@ def test_generate_on_an_in_process_vllm_engine(tmp_path: Path) -> None:
         assert trace["models"]["drafter"]["backend"] == "vllm"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["done"] == len(traces)
+    assert manifest["counts"]["failed"] == len(failures)
+    # the chain's second stage, belief pairs, on the same engine: one outcome per trace
+    pairs = read_jsonl(out / "dpo.jsonl")
+    rejected = read_jsonl(out / "dpo_failures.jsonl")
+    assert sorted(r["id"] for r in pairs + rejected) == sorted(t["id"] for t in traces)
+    assert all(Reason(r["reason"]) for r in rejected)
+    assert manifest["dpo"]["recipe"] == "belief"
+    assert manifest["dpo"]["counts"]["done"] == len(pairs)
+    assert manifest["dpo"]["counts"]["failed"] == len(rejected)
 
 
 class FakeTokenizer:
@@ -280,10 +310,11 @@ async def test_a_run_on_the_vllm_backend_goes_through_one_shared_engine(
         concurrency=2,
         models={"default": {"backend": "vllm", "model": "/models/smol", "retry_wait": 0}},
     )
-    summary = await generate(
+    result = await generate(
         PromptSource(str(prompts)), RunDirectory(tmp_path / "run"), config, show_progress=False
     )
-    assert (summary.done_now, summary.failed_now) == (2, 0)
+    [summary] = result.stages
+    assert (summary.recipe, summary.done_now, summary.failed_now) == ("aidsafe", 2, 0)
     assert fake_vllm.engine_args["model"] == "/models/smol"  # type: ignore[attr-defined]
     assert fake_vllm.engine_args["enable_prefix_caching"] is True  # type: ignore[attr-defined]
     assert len(fake_vllm.requests) == 2 * 4  # every role, one engine
@@ -294,7 +325,9 @@ async def test_a_run_on_the_vllm_backend_goes_through_one_shared_engine(
     text = "".join(chr(i) for i in prompt["prompt_token_ids"])
     assert text.startswith("<system># Safety policies") and text.endswith("<assistant>")
     traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
+    assert len(traces) == 2
     assert all(call["output_tokens"] == 7 for trace in traces for call in trace["calls"])
+    assert all(trace["models"]["drafter"]["backend"] == "vllm" for trace in traces)
     refiner = [s for _, s, _ in fake_vllm.requests if s.kwargs["temperature"] == 0.0]
     assert refiner, "the refiner samples at its own temperature on the shared engine"
 

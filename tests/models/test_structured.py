@@ -1,3 +1,5 @@
+import pickle
+
 import httpx
 import openai
 import pytest
@@ -6,13 +8,14 @@ from pydantic import BaseModel
 
 from aidsafe.config import ModelConfig
 from aidsafe.errors import StageFailed
+from aidsafe.models.scripted import ScriptedChatModel
 from aidsafe.models.structured import (
     TransientModelError,
     call_structured,
     is_transient,
     strip_code_fence,
 )
-from aidsafe.testing import ScriptedChatModel
+from aidsafe.records import Reason
 
 CONFIG = ModelConfig(retry_wait=0, max_retries=2)
 
@@ -48,7 +51,7 @@ async def test_malformed_answer_is_fed_back_and_repaired() -> None:
     model = ScriptedChatModel(['{"value": "three"}', '```json\n{"value": 3}\n```'])
     answer, calls = await ask(model)
     assert answer.value == 3
-    assert [c.ok for c in calls] == [False, True]
+    assert [(c.attempt, c.ok) for c in calls] == [(0, False), (1, True)]
     repair = model.received[1]
     assert repair[-2].text == '{"value": "three"}'  # the bad answer, quoted back
     assert "value" in repair[-1].text and "could not be used" in repair[-1].text
@@ -58,9 +61,27 @@ async def test_repairs_exhausted_fail_the_stage_with_the_raw_output() -> None:
     model = ScriptedChatModel(["nope", "still nope", "never"])
     with pytest.raises(StageFailed) as caught:
         await ask(model, repairs=2)
-    assert caught.value.reason == "malformed_output"
+    assert caught.value.reason is Reason.MALFORMED_OUTPUT
+    assert caught.value.stage == "s"
     assert caught.value.raw == "never"
     assert model.calls == 3
+    # every attempt travels with the failure, as plain dicts, for the failures ledger
+    calls = caught.value.calls
+    assert [(c["attempt"], c["ok"], c["role"], c["stage"]) for c in calls] == [
+        (0, False, "r", "s"),
+        (1, False, "r", "s"),
+        (2, False, "r", "s"),
+    ]
+    assert all(c["input_tokens"] > 0 and c["output_tokens"] > 0 for c in calls)
+    # and they cross process boundaries (Ray) intact
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (copy.stage, copy.reason, copy.detail, copy.raw) == (
+        "s",
+        Reason.MALFORMED_OUTPUT,
+        caught.value.detail,
+        "never",
+    )
+    assert copy.calls == calls
 
 
 async def test_check_objections_are_repaired_like_parse_errors() -> None:
@@ -82,14 +103,16 @@ async def test_transient_errors_beyond_the_budget_fail_the_row_not_the_run() -> 
     model = ScriptedChatModel([TransientModelError("timeout")], repeat_last=True)
     with pytest.raises(StageFailed) as caught:
         await ask(model)
-    assert caught.value.reason == "endpoint_error" and "retries exhausted" in caught.value.detail
+    assert caught.value.reason is Reason.ENDPOINT_ERROR
+    assert "retries exhausted" in caught.value.detail
     assert model.calls == CONFIG.max_retries + 1
 
 
 async def test_permanent_errors_are_not_retried() -> None:
     model = ScriptedChatModel([ValueError("bad request")], repeat_last=True)
-    with pytest.raises(StageFailed, match="not retryable"):
+    with pytest.raises(StageFailed, match="not retryable") as caught:
         await ask(model)
+    assert caught.value.reason is Reason.ENDPOINT_ERROR
     assert model.calls == 1
 
 
