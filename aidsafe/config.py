@@ -241,7 +241,7 @@ class RunConfig(BaseSettings):
         """The role's model: defaults < `default` < role family (`deliberator`) < the role.
         `temperature`: the role's default, used when no layer sets one."""
         layers = [self.models.get("default")]
-        family = role.split("_")[0]
+        family = role.rsplit("_", 1)[0] if role.rsplit("_", 1)[-1].isdigit() else role
         if family != role:
             layers.append(self.models.get(family))
         layers.append(self.models.get(role))

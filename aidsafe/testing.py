@@ -41,7 +41,8 @@ class StubOpenAIServer:
     `plain_answer`. For tests and benchmarks only:
     `latency` delays every answer; `fail_first` answers the first N requests with HTTP 503;
     `keep_alive` speaks HTTP/1.1 and keeps connections open, as real servers do (the
-    benchmarks use it; tests keep HTTP/1.0, whose closed connections make shutdown clean)."""
+    benchmarks use it; tests keep HTTP/1.0, whose closed connections make shutdown clean);
+    `answers` replaces the answer to a schema by name (e.g. an unsafe `Verdict`)."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class StubOpenAIServer:
         plain_answer: str = "stub answer",
         port: int = 0,
         keep_alive: bool = False,
+        answers: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +60,7 @@ class StubOpenAIServer:
         self.latency = latency
         self.fail_first = fail_first
         self.plain_answer = plain_answer  # the text of answers to unstructured requests
+        self.answers = answers or {}  # schema name -> the answer to give instead of the smallest
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
@@ -116,7 +119,8 @@ class StubOpenAIServer:
         response_format = request.get("response_format") or {}
         if tools:
             function = tools[0]["function"]
-            arguments = json.dumps(example_instance(function["parameters"]))
+            answer = self.answers.get(function["name"]) or example_instance(function["parameters"])
+            arguments = json.dumps(answer)
             message = {
                 "role": "assistant",
                 "content": None,
@@ -129,8 +133,9 @@ class StubOpenAIServer:
                 ],
             }
         elif response_format.get("type") == "json_schema":
-            schema = response_format["json_schema"]["schema"]
-            message["content"] = json.dumps(example_instance(schema))
+            spec = response_format["json_schema"]
+            answer = self.answers.get(spec["name"]) or example_instance(spec["schema"])
+            message["content"] = json.dumps(answer)
         prompt_tokens = sum(len(str(m.get("content") or "")) for m in request["messages"]) // 4
         completion_tokens = len(json.dumps(message)) // 4
         return {

@@ -43,8 +43,8 @@ class Role:
 
 
 def family(role: str) -> str:
-    """`deliberator_2` -> `deliberator`; every other role is its own family."""
-    return role.split("_")[0]
+    """The family a numbered role name may belong to (`deliberator_2` -> `deliberator`)."""
+    return role.rsplit("_", 1)[0] if role.rsplit("_", 1)[-1].isdigit() else role
 
 
 @dataclass
@@ -73,7 +73,7 @@ class RunContext:
         **values: Any,
     ) -> tuple[T, list[dict[str, Any]]]:
         """One structured call of `role`: render its prompt, call, validate, repair."""
-        messages = render_messages(self.policy_block, self.prompts[family(role)], **values)
+        messages = render_messages(self.policy_block, self.prompts[self.roles[role].name], **values)
         return await self.ask_messages(role, stage, schema, messages, check)
 
     async def ask_messages(
@@ -138,7 +138,7 @@ def build_context(
         if key not in shared:
             shared[key] = build_chat_model(model_config)
         built[role] = shared[key]
-    defaults = {family(name): role.prompt for name, role in roles.items() if role.prompt}
+    defaults = {role.name: role.prompt for role in roles.values() if role.prompt}
     return RunContext(
         config=config,
         policies=policies,

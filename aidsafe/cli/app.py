@@ -467,7 +467,8 @@ def grade(
         settings = load_config(config, overrides)
         items = run_items(run)
         target = RunDirectory(out_dir) if out_dir else run
-        described: dict[str, Any] = {"run": str(input)}
+        # the rows graded are the run's: its fingerprint, not the spelling of its path
+        described: dict[str, Any] = {"rows_of": (run.manifest() or {}).get("fingerprint")}
     else:
         if out_dir is None:
             raise UserError(f"{input}: not a run directory; give --out to grade a dataset")

@@ -150,10 +150,13 @@ class ChatLlamaCpp(BaseChatModel):
         # Run in a worker thread so the event loop keeps serving other rows meanwhile.
         return await asyncio.to_thread(self._generate, messages, stop, None, **kwargs)
 
+    def bind_schema(self, schema: type[BaseModel]) -> Runnable[Any, Any]:
+        """Grammar-constrained JSON: llama.cpp compiles the JSON schema into a GBNF grammar.
+        Answers an AIMessage; the caller parses it."""
+        bounded = bound_strings(schema.model_json_schema(), self.max_string_chars)
+        return self.bind(response_format={"type": "json_object", "schema": bounded})
+
     def with_structured_output(  # type: ignore[override]
         self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
     ) -> Runnable[Any, Any]:
-        """Grammar-constrained JSON: llama.cpp compiles the JSON schema into a GBNF grammar."""
-        bounded = bound_strings(schema.model_json_schema(), self.max_string_chars)
-        response_format = {"type": "json_object", "schema": bounded}
-        return self.bind(response_format=response_format) | json_answer_parser(schema, include_raw)
+        return self.bind_schema(schema) | json_answer_parser(schema, include_raw)

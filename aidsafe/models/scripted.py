@@ -81,10 +81,14 @@ class ScriptedChatModel(BaseChatModel):
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
+    def bind_schema(self, schema: type[BaseModel]) -> Runnable[Any, Any]:
+        """Scripted answers are JSON text already; the caller parses them."""
+        return self
+
     def with_structured_output(  # type: ignore[override]
         self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
     ) -> Runnable[Any, Any]:
-        return self | json_answer_parser(schema, include_raw)
+        return self.bind_schema(schema) | json_answer_parser(schema, include_raw)
 
 
 _REGISTRY: dict[str, BaseChatModel] = {}

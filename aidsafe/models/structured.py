@@ -28,6 +28,7 @@ from tenacity import (
 
 from aidsafe.config import ModelConfig
 from aidsafe.errors import StageFailed
+from aidsafe.models.replay import LATENCY, current, request_hash
 from aidsafe.records import Reason
 
 T = TypeVar("T", bound=BaseModel)
@@ -139,8 +140,12 @@ class CallRecord:
         started: float,
         ok: bool,
     ) -> CallRecord:
-        """The record of a request that began at `started` (perf_counter) and got `message`."""
+        """The record of a request that began at `started` (perf_counter) and got `message`
+        (whose own latency, when `invoke_with_backoff` noted one, is used: it is the same
+        whether the answer came from the endpoint or, on resume, from the response log)."""
         usage = dict(getattr(message, "usage_metadata", None) or {})
+        metadata = getattr(message, "response_metadata", None) or {}
+        latency = metadata.get(LATENCY, time.perf_counter() - started)
         return cls(
             role=role,
             stage=stage,
@@ -148,7 +153,7 @@ class CallRecord:
             model=config.model or config.backend,
             input_tokens=int(usage.get("input_tokens", 0)),
             output_tokens=int(usage.get("output_tokens", 0)),
-            latency_s=round(time.perf_counter() - started, 4),
+            latency_s=round(latency, 4),
             ok=ok,
         )
 
@@ -188,7 +193,12 @@ def structured_runnable(
         return cached[1], cached[2]
     runnable: Runnable[Any, Any]
     parse: Parse = functools.partial(parse_json_answer, schema=schema)
-    if method is None:  # the backend constrains output itself (local grammar, vllm, test doubles)
+    bind_schema = getattr(model, "bind_schema", None)
+    if method is None and bind_schema is not None:
+        # the backend constrains output itself (local grammar, vllm, test doubles) and answers
+        # an AIMessage, parsed here like any other (and logged as it came)
+        runnable = bind_schema(schema)
+    elif method is None:  # a chat model of someone else's: its own structured output
         runnable, parse = model.with_structured_output(schema, include_raw=True), _include_raw
     elif method == "json_schema":
         response_format = {
@@ -227,7 +237,8 @@ async def call_structured(
     problem, last_raw = "", ""
     for attempt in range(repair_attempts + 1):
         started = time.perf_counter()
-        result = parse(await invoke_with_backoff(runnable, conversation, config, stage))
+        answer = await invoke_with_backoff(runnable, conversation, config, stage, schema.__name__)
+        result = parse(answer)
         raw: AIMessage | None = result.get("raw")
         parsed = result["parsed"]
         error = result.get("parsing_error")
@@ -252,9 +263,34 @@ async def call_structured(
 
 
 async def invoke_with_backoff(
+    runnable: Runnable[Any, Any],
+    conversation: list[BaseMessage],
+    config: ModelConfig,
+    stage: str,
+    shape: str = "text",
+) -> Any:
+    """Invoke with backoff on transient errors; anything else fails the stage. Inside a row
+    (see aidsafe.models.replay) an answer already in the response log is served from it, and a
+    new answer is logged before it is returned."""
+    replay = current.get()
+    key = ""
+    if replay is not None:
+        key = replay.key(request_hash(config.provenance(), shape, conversation))
+        logged = replay.lookup(key)
+        if logged is not None:
+            return logged
+    started = time.perf_counter()
+    answer = await _invoke(runnable, conversation, config, stage)
+    if isinstance(answer, BaseMessage):
+        answer.response_metadata[LATENCY] = round(time.perf_counter() - started, 4)
+        if replay is not None:
+            replay.record(key, stage, answer)
+    return answer
+
+
+async def _invoke(
     runnable: Runnable[Any, Any], conversation: list[BaseMessage], config: ModelConfig, stage: str
 ) -> Any:
-    """Invoke with backoff on transient errors; anything else fails the stage."""
     try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),

@@ -280,12 +280,16 @@ class ChatVLLM(BaseChatModel):
             params["structured_outputs"] = StructuredOutputsParams(**params["structured_outputs"])
         return SamplingParams(**params, output_kind=RequestOutputKind.FINAL_ONLY)
 
-    def with_structured_output(  # type: ignore[override]
-        self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
-    ) -> Runnable[Any, Any]:
-        """Schema-constrained decoding in the engine, then pydantic validation."""
+    def bind_schema(self, schema: type[BaseModel]) -> Runnable[Any, Any]:
+        """Schema-constrained decoding in the engine; answers an AIMessage to be parsed."""
         response_format = {
             "type": "json_schema",
             "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
         }
-        return self.bind(response_format=response_format) | json_answer_parser(schema, include_raw)
+        return self.bind(response_format=response_format)
+
+    def with_structured_output(  # type: ignore[override]
+        self, schema: type[BaseModel], *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[Any, Any]:
+        """Schema-constrained decoding in the engine, then pydantic validation."""
+        return self.bind_schema(schema) | json_answer_parser(schema, include_raw)

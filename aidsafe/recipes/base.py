@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from langgraph.graph import END, START, StateGraph
 
-from aidsafe.agents.context import Role, RunContext, called_roles, family
+from aidsafe.agents.context import Role, RunContext, called_roles
 from aidsafe.config import RunConfig
 from aidsafe.inputs import PromptRow
 
@@ -125,7 +125,7 @@ class Recipe:
         """What decides this recipe's output: the models and prompts of exactly the roles it
         calls, the config sections it reads, repair attempts and the policy set."""
         config = ctx.config
-        families = {family(name) for name in ctx.roles}
+        families = {role.name for role in ctx.roles.values()}
         return {
             "recipe": self.name,
             "models": {

@@ -90,10 +90,8 @@ def check_config(config: RunConfig, source: str = "configuration") -> None:
     known = ", ".join(["default", *sorted(roles), *(f"{n}_N" for n in numbered)])
     for name in config.models:
         base = family(name)
-        suffix = name[len(base) + 1 :]
-        valid = name == "default" or (
-            base in roles
-            and (name == base or (roles[base].numbered and suffix.isdigit() and int(suffix) > 0))
+        valid = name in ("default", *roles) or (
+            base in roles and roles[base].numbered and int(name.rsplit("_", 1)[1]) > 0
         )
         if not valid:
             raise UserError(f"{source}: models.{name}: unknown role (known: {known})")

@@ -1,6 +1,6 @@
 """The run directory: one table of every file a run may hold, grouped for archiving; append-only
 ledgers (one flushed line per finished item; a torn last line is cut), the manifest, and the
-checkpoint database. An item is in its done ledger, in its failures ledger, or still to do."""
+response log. An item is in its done ledger, in its failures ledger, or still to do."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from typing import Any, TextIO
 from aidsafe.errors import UserError
 from aidsafe.jsonl import dumps, read_jsonl, truncate_partial_line, write_atomic, write_jsonl
 from aidsafe.recipes import registry
+from aidsafe.records import Reason
 
 MANIFEST = "manifest.json"
-CHECKPOINTS = "checkpoints.sqlite"
+RESPONSES = "responses"  # the response log: a folder of append-only files, one per process
+CHECKPOINTS = "checkpoints.sqlite"  # written by aidsafe before 0.2; archived with the run
 SFT_SELECTED = "sft_selected.jsonl"
 GRADES = "grades.jsonl"
 GRADES_SUMMARY = "grades_summary.json"
@@ -30,6 +32,7 @@ JUDGE_SUMMARY = "summary.json"
 # archiving it (generate --force) moves every file of the table, since all derive from it.
 OTHER_FILES: dict[str, str] = {
     MANIFEST: "run",
+    RESPONSES: "run",
     CHECKPOINTS: "run",
     SFT_SELECTED: "run",
     JUDGMENTS: "run",
@@ -74,10 +77,6 @@ class RunDirectory:
     def path(self, name: str) -> Path:
         return self.root / name
 
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.path(CHECKPOINTS)
-
     # --- the manifest --------------------------------------------------------------------------
 
     def manifest(self) -> dict[str, Any] | None:
@@ -103,7 +102,7 @@ class RunDirectory:
         fingerprint: str,
         force: bool,
         group: str,
-        what: str = "a run",
+        what: str = "run output",
     ) -> str | None:
         """Open the directory for one stage whose fingerprint lives in `section` of the
         manifest (None: its top level). A changed configuration is refused unless `force`,
@@ -168,7 +167,7 @@ class RunDirectory:
             state.finished.add(row["id"])
         if failures != done:
             for row in read_jsonl(self.path(failures)):
-                if row.get("reason") == "duplicate_id":
+                if row.get("reason") == Reason.DUPLICATE_ID:
                     state.duplicates.add(int(row["index"]))
                 else:
                     state.finished.add(row["id"])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aidsafe.config import RunConfig
+from aidsafe.models.replay import ResponseLog
 from aidsafe.policies import PolicySet
 from aidsafe.recipes.base import Recipe
 
@@ -22,10 +23,19 @@ class Engine:
     address: str | None = None
     workers: int | None = None
 
-    def pool(self, recipe: Recipe, config: RunConfig, policies: PolicySet, digest: str) -> RayPool:
+    def pool(
+        self,
+        recipe: Recipe,
+        config: RunConfig,
+        policies: PolicySet,
+        digest: str,
+        log: ResponseLog | None,
+    ) -> RayPool:
         from aidsafe.run.ray import RayPool
 
-        return RayPool(recipe, config, policies, digest, address=self.address, workers=self.workers)
+        return RayPool(
+            recipe, config, policies, digest, log, address=self.address, workers=self.workers
+        )
 
     def session(self) -> contextlib.AbstractContextManager[Any]:
         """Ray for the length of a command, shared by its stages."""

@@ -1,23 +1,20 @@
-"""What one item comes to: its graph thread run (or continued from its checkpoint) to the end,
-then the recipe's done record or rejection, or a typed failure. The same code runs in this
-process and on a Ray worker; the driver records the Outcome."""
+"""What one item comes to: its graph run to the end (replayed from the response log after a
+crash, see aidsafe.models.replay), then the recipe's done record or rejection, or a typed
+failure. The same code runs in this process and on a Ray worker; the driver records the
+Outcome."""
 
 from __future__ import annotations
 
-import contextlib
 import traceback
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-
-from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from aidsafe.agents.context import RunContext
 from aidsafe.errors import StageFailed
 from aidsafe.inputs import PromptRow
+from aidsafe.models.replay import Replay, ResponseLog, current
 from aidsafe.recipes.base import Done, Recipe
-from aidsafe.records import Reason, failure_record, total_tokens
+from aidsafe.records import Reason, failure_record
 
 
 @dataclass
@@ -26,26 +23,15 @@ class Outcome:
     directory is written by one process only)."""
 
     ok: bool
-    tokens: int  # spent on this item by the process that ran it
+    tokens: int  # spent on this item by the process that ran it (logged answers are free)
     record: dict[str, Any]  # done record, or failure record
     derived: list[dict[str, Any]] = field(default_factory=list)
-    finished: bool = True  # False: a failure whose checkpoint --retry-failed resumes
-
-
-@contextlib.asynccontextmanager
-async def open_checkpoints(path: str) -> AsyncIterator[AsyncSqliteSaver]:
-    """The run's SQLite checkpointer. WAL with synchronous=NORMAL: a commit survives the process
-    being killed (what resume promises) without an fsync per checkpoint, which cost more CPU
-    and wall time than everything else a row does (see benchmarks/orchestration.py)."""
-    async with AsyncSqliteSaver.from_conn_string(path) as saver:
-        await saver.setup()  # journal_mode=WAL
-        await saver.conn.execute("PRAGMA synchronous=NORMAL")
-        yield saver
+    replayed: int = 0  # answers served from the response log
 
 
 def thread_id(recipe: Recipe, digest: str, item: PromptRow) -> str:
-    """A thread per item, recipe and configuration: a thread saved under another configuration
-    (before --force) is never resumed under this one."""
+    """An item's thread in the response log, per recipe and configuration: answers logged under
+    another configuration (before --force) are never served to this one."""
     return f"{recipe.thread_prefix}{digest[:16]}:{item.id}"
 
 
@@ -59,42 +45,33 @@ def _internal_error(error: BaseException) -> StageFailed:
 async def item_outcome(
     recipe: Recipe,
     graph: Any,
-    saver: BaseCheckpointSaver[Any],
     ctx: RunContext,
     item: PromptRow,
     digest: str,
+    answers: dict[str, dict[str, Any]] | None = None,
+    log: ResponseLog | None = None,
 ) -> Outcome:
-    """Run (or continue) one item through the recipe's graph."""
+    """Run one item through the recipe's graph, serving `answers` (its logged ones) first and
+    logging every new answer to `log`."""
     if item.prompt is None:
         failure = failure_record(
             item.id, item.index, item.prompt, "input", Reason.INVALID_PROMPT, item.problem
         )
         return Outcome(False, 0, recipe.failed(item, failure))
-    thread = {
-        "configurable": {"thread_id": thread_id(recipe, digest, item)},
-        "recursion_limit": recipe.recursion_limit(ctx.config),
-    }
-    snapshot = await graph.aget_state(thread)
-    calls_before = len(snapshot.values.get("calls", [])) if snapshot.values else 0
-    calls: list[dict[str, Any]] = []
+    replay = Replay(thread_id(recipe, digest, item), answers or {}, log)
+    token = current.set(replay)
+    state: dict[str, Any] = {}
     try:
-        if snapshot.values and not snapshot.next:
-            state = dict(snapshot.values)  # finished before a crash, not yet in the ledger
-        else:
-            durability = "sync" if ctx.config.checkpoint == "step" else "exit"
-            state = dict(
-                await graph.ainvoke(
-                    None if snapshot.next else recipe.start(item),
-                    thread,
-                    context=ctx,
-                    durability=durability,
-                )
-            )
-        calls = state.get("calls", [])
-        result = recipe.finish(state, ctx)
+        # the state after each step (what `ainvoke` does too), so a failure keeps every call
+        async for values in graph.astream(
+            recipe.start(item),
+            {"recursion_limit": recipe.recursion_limit(ctx.config)},
+            context=ctx,
+            stream_mode="values",
+        ):
+            state = values
+        result = recipe.finish(dict(state), ctx)
     except StageFailed as failure:
-        saved = (await graph.aget_state(thread)).values or {}
-        calls = [*saved.get("calls", []), *failure.calls]
         record = failure_record(
             item.id,
             item.index,
@@ -103,17 +80,24 @@ async def item_outcome(
             failure.reason,
             failure.detail,
             failure.raw,
-            calls,
+            [*state.get("calls", []), *failure.calls],
         )
-        tokens = total_tokens(calls[calls_before:])
-        return Outcome(False, tokens, recipe.failed(item, record), finished=False)
+        return Outcome(False, replay.live_tokens, recipe.failed(item, record), [], replay.served)
     except Exception as error:  # a bug or an unexpected library error: keep the run going
         bug = _internal_error(error)
         record = failure_record(
-            item.id, item.index, item.prompt, bug.stage, bug.reason, bug.detail, None, calls
+            item.id,
+            item.index,
+            item.prompt,
+            bug.stage,
+            bug.reason,
+            bug.detail,
+            None,
+            state.get("calls", []),
         )
-        return Outcome(False, total_tokens(calls[calls_before:]), recipe.failed(item, record))
-    tokens = total_tokens(calls[calls_before:])
+        return Outcome(False, replay.live_tokens, recipe.failed(item, record), [], replay.served)
+    finally:
+        current.reset(token)
     if isinstance(result, Done):
-        return Outcome(True, tokens, result.record, result.derived)
-    return Outcome(False, tokens, result.record)
+        return Outcome(True, replay.live_tokens, result.record, result.derived, replay.served)
+    return Outcome(False, replay.live_tokens, result.record, [], replay.served)

@@ -1,14 +1,16 @@
 """The one pipeline every command runs on. A stage is one recipe over a stream of items (input
 prompts, the done rows of an earlier stage, responses to judge, rows to grade): one LangGraph
-thread per item, N in flight, a SQLite checkpointer for resume, one ledger line per finished or
-failed item, a progress line, a manifest section, and a summary. `generate` runs a recipe or a
-chain of them; `make_pairs` runs the registry's pairing recipe over a finished run."""
+graph run per item, N in flight, every model answer in the response log (a killed run resumes
+without repeating a finished call), one ledger line per finished or failed item, a progress
+line, a manifest section, and a summary. `generate` runs a recipe or a chain of them;
+`make_pairs` runs the registry's pairing recipe over a finished run."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.metadata
 import platform
+import re
 import time
 from collections.abc import Awaitable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,20 +19,21 @@ from typing import Any, Literal
 from rich.console import Console
 
 from aidsafe import __version__
-from aidsafe.agents.context import build_context
+from aidsafe.agents.context import build_context, resolve_models
 from aidsafe.config import RunConfig, fingerprint
 from aidsafe.errors import RunFailed, UserError
 from aidsafe.inputs import PromptRow, PromptSource
 from aidsafe.jsonl import now, read_jsonl, write_jsonl
 from aidsafe.models import preflight
+from aidsafe.models.replay import ResponseLog
 from aidsafe.policies import load_policies
 from aidsafe.recipes import registry
 from aidsafe.recipes.base import Recipe
 from aidsafe.records import Reason, failure_record
-from aidsafe.run.directory import SFT_SELECTED, RunDirectory
+from aidsafe.run.directory import RESPONSES, SFT_SELECTED, RunDirectory
 from aidsafe.run.driver import Tally, drive, progress_display
 from aidsafe.run.engine import Engine
-from aidsafe.run.outcome import Outcome, item_outcome, open_checkpoints, thread_id
+from aidsafe.run.outcome import Outcome, item_outcome, thread_id
 from aidsafe.run.select import select_subset
 
 PACKAGES = (
@@ -103,15 +106,22 @@ async def run_stage(stage: Stage) -> StageSummary:
     digest = fingerprint(settings)
     summary = StageSummary(recipe.name, str(run.root), ledger.files, stage.total)
     summary.archived = run.open_stage(
-        recipe.section, settings, digest, stage.force, recipe.archive_group, recipe.description
+        recipe.section, settings, digest, stage.force, recipe.archive_group, f"{recipe.name} output"
     )
     if ledger.derived is not None:
         run.rebuild_derived(ledger.done, ledger.derived, recipe.derived)
+    retried: dict[str, str] = {}  # id -> the stage it failed in
     if stage.retry_failed and ledger.failures != ledger.done:
+        for row in read_jsonl(run.path(ledger.failures)):
+            if row.get("reason") != Reason.DUPLICATE_ID:
+                retried[row["id"]] = row.get("stage", "")
         run.drop_failures(ledger.failures, lambda row: row.get("reason") == Reason.DUPLICATE_ID)
     state = run.ledger_state(ledger.done, ledger.failures)
+    log, answers = _response_log(stage, digest, state.finished, retried)
 
     manifest: dict[str, Any] = run.manifest() or {"created": now()}
+    if summary.archived and recipe.section is not None:
+        manifest[recipe.section] = {}  # its runs and counts were of the outputs moved aside
     section = manifest if recipe.section is None else manifest.setdefault(recipe.section, {})
     section.update(
         {
@@ -135,41 +145,41 @@ async def run_stage(stage: Stage) -> StageSummary:
     console = stage.console or Console(stderr=True)
     progress = progress_display(console, stage.show_progress)
     started = time.perf_counter()
+    tally = Tally(progress, recipe.verb, stage.total)
     pool = None
     try:
         if stage.engine is not None:
-            pool = stage.engine.pool(recipe, config, policies, digest)
-        async with open_checkpoints(str(run.checkpoint_path)) as saver:
-            graph = recipe.graph().compile(checkpointer=saver, name=recipe.name)
-            if progress is not None:
-                progress.start()
-            tally = Tally(progress, recipe.verb, stage.total)
+            pool = stage.engine.pool(recipe, config, policies, digest, log)
+        graph = recipe.graph().compile(name=recipe.name)  # no checkpointer: the log is the state
+        if progress is not None:
+            progress.start()
 
-            def record(outcome: Outcome) -> None:
-                if outcome.ok:
-                    run.append(ledger.done, outcome.record)
-                    if ledger.derived is not None:
-                        run.append_all(ledger.derived, outcome.derived)
-                else:
-                    run.append(ledger.failures, outcome.record)
+        def record(outcome: Outcome) -> None:
+            if outcome.ok:
+                run.append(ledger.done, outcome.record)
+                if ledger.derived is not None:
+                    run.append_all(ledger.derived, outcome.derived)
+            else:
+                run.append(ledger.failures, outcome.record)
 
-            async def compute(item: PromptRow) -> Outcome:
-                if pool is not None:
-                    return await pool.submit(item)
-                return await item_outcome(recipe, graph, saver, ctx, item, digest)
+        async def process(item: PromptRow) -> tuple[bool, int]:
+            logged = answers.pop(thread_id(recipe, digest, item), None)
+            if pool is not None:
+                outcome = await pool.submit(item, logged)
+            else:
+                outcome = await item_outcome(recipe, graph, ctx, item, digest, logged, log)
+            record(outcome)
+            this_run["answers_replayed"] += outcome.replayed
+            return outcome.ok, outcome.tokens
 
-            async def process(item: PromptRow) -> tuple[bool, int]:
-                outcome = await compute(item)
-                record(outcome)
-                if outcome.finished and pool is None:  # only once the ledger holds it
-                    await saver.adelete_thread(thread_id(recipe, digest, item))
-                return outcome.ok, outcome.tokens
-
-            items = _to_do(stage, state, tally)
-            in_flight = config.concurrency * (pool.size if pool else 1)
-            await _guarded(drive(items, in_flight, process, tally), run, recipe)
-            summary.done_now, summary.failed_now = tally.done, tally.failed
-            summary.skipped = tally.skipped
+        this_run["answers_replayed"] = 0
+        items = _to_do(stage, state, tally)
+        in_flight = config.concurrency * (pool.size if pool else 1)
+        await _guarded(drive(items, in_flight, process, tally), run, recipe)
+        if log is not None:  # every row ended: keep only what --retry-failed can reuse
+            retryable = set() if ledger.failures == ledger.done else run.ids(ledger.failures)
+            prefix = thread_id(recipe, digest, PromptRow(0, "", None))
+            log.compact(lambda thread: thread.removeprefix(prefix) in retryable)
     except (asyncio.CancelledError, KeyboardInterrupt):
         summary.interrupted = True
         raise
@@ -178,7 +188,12 @@ async def run_stage(stage: Stage) -> StageSummary:
             progress.stop()
         if pool is not None:
             pool.close()
+        if log is not None:
+            log.close()
+            this_run["response_log_bytes"] = log.bytes
         run.close()
+        summary.done_now, summary.failed_now = tally.done, tally.failed
+        summary.skipped = tally.skipped
         summary.wall_s = round(time.perf_counter() - started, 2)
         summary.totals = run.totals(ledger.done, ledger.failures, recipe.failure_reason)
         summary.statistics = recipe.statistics(
@@ -202,6 +217,36 @@ async def run_stage(stage: Stage) -> StageSummary:
         manifest["updated"] = now()
         run.write_manifest(manifest)
     return summary
+
+
+def _response_log(
+    stage: Stage, digest: str, finished: set[str], retried: dict[str, str]
+) -> tuple[ResponseLog | None, dict[str, dict[str, dict[str, Any]]]]:
+    """This stage's response log and the answers it holds for rows still to do. A row retried
+    after a failure gets its answers back except those of the stage it failed in (asked again).
+    `checkpoint: row` keeps no log: a killed run redoes its rows in flight."""
+    if stage.config.checkpoint == "row":
+        return None, {}
+    recipe = stage.recipe
+    directory = stage.run.path(RESPONSES)
+    name = f"{recipe.name}-{digest[:12]}"
+    if directory.is_dir():  # logs of this recipe under an earlier configuration: never served
+        stale = re.compile(rf"{re.escape(recipe.name)}-(?!{digest[:12]}-)[0-9a-f]{{12}}-")
+        for path in directory.iterdir():
+            if stale.match(path.name):
+                path.unlink()
+    log = ResponseLog(directory, name)
+    prefix = thread_id(recipe, digest, PromptRow(0, "", None))
+
+    def wanted(thread: str) -> bool:
+        return thread.startswith(prefix) and thread[len(prefix) :] not in finished
+
+    answers = log.load(wanted)
+    for row_id, failed_in in retried.items():
+        logged = answers.get(prefix + row_id, {})
+        for key in [k for k, entry in logged.items() if entry.get("stage") == failed_in]:
+            del logged[key]
+    return log, answers
 
 
 async def _guarded(work: Awaitable[None], run: RunDirectory, recipe: Recipe) -> None:
@@ -293,6 +338,8 @@ async def generate(
     """Run (or resume) the configured recipe, or each recipe of a chain in turn (later ones
     consume the rows of the one before). `engine` spreads the items over Ray workers."""
     steps = registry.steps(config.recipe)
+    for step in steps[1:]:  # the later stages' models too, before the first stage spends calls
+        preflight(resolve_models(config, step.roles(config)))
     total = source.check()
     if limit is not None:
         total = min(total, limit)

@@ -2,15 +2,18 @@
 
 The driver (the `aidsafe` process) streams the input, skips finished rows, hands each row to a
 worker and writes what comes back to the run directory, as a local run does: the ledgers are
-written by one process only, so nothing is merged afterwards and `export`, `grade` and
-`compare` see the usual layout. Each worker is a Ray actor holding its own model clients (an
-OpenAI-compatible endpoint, or its own in-process vLLM engine on its GPU) and the recipe's graph,
-and runs up to `concurrency` rows at once on its own event loop.
+written by one process only, so nothing is merged afterwards and `export`, `grade` and `compare`
+see the usual layout. Each worker is a Ray actor holding its own model clients (an OpenAI-
+compatible endpoint, or its own in-process vLLM engine on its GPU) and the recipe's graph, and
+runs up to `concurrency` rows at once on its own event loop.
 
 A worker that dies (killed, out of memory, node lost) is restarted by Ray, which resubmits the
-rows it had in flight (actor `max_task_retries`); they start again from the beginning, as a
-worker's checkpoints live in its memory. A row whose worker keeps dying is recorded as failed
-(`worker_lost`), so no row is lost either way; `--retry-failed` runs it again."""
+rows it had in flight (actor `max_task_retries`); they start again from the beginning. Each
+worker appends the answers it gets to its own file of the run's response log; where the run
+directory is on storage the driver shares (one machine, or a shared filesystem), the next run of
+the command serves them, so a row killed with its worker repeats no finished call then. A row
+whose worker keeps dying is recorded as failed (`worker_lost`), so no row is lost either way;
+`--retry-failed` runs it again."""
 
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from aidsafe.config import RunConfig
 from aidsafe.errors import UserError
 from aidsafe.inputs import PromptRow
+from aidsafe.models.replay import ResponseLog
 from aidsafe.policies import PolicySet
 from aidsafe.recipes.base import Recipe
 from aidsafe.records import Reason, failure_record
@@ -69,9 +74,8 @@ class RecipeWorker:
         policies: PolicySet,
         digest: str,
         scripted: dict[str, Any],
+        log: tuple[str, str] | None,
     ) -> None:
-        from langgraph.checkpoint.memory import InMemorySaver
-
         from aidsafe.agents.context import build_context
         from aidsafe.models import scripted as scripted_models
 
@@ -81,21 +85,19 @@ class RecipeWorker:
         self.digest = digest
         config = RunConfig.model_validate(config_data)
         self.ctx = build_context(config, recipe.roles(config), policies)
-        self.saver = InMemorySaver()
-        self.graph = recipe.graph().compile(checkpointer=self.saver, name=recipe.name)
+        self.graph = recipe.graph().compile(name=recipe.name)
+        # this worker's own file of the run's response log (where the run directory is shared
+        # storage, as on one machine, the driver serves its answers on the next run)
+        self.log = ResponseLog(Path(log[0]), log[1]) if log is not None else None
 
     def pid(self) -> int:
         return os.getpid()
 
-    async def run(self, item: PromptRow) -> Outcome:
-        from aidsafe.run.outcome import thread_id
-
-        outcome = await item_outcome(
-            self.recipe, self.graph, self.saver, self.ctx, item, self.digest
+    async def run(self, item: PromptRow, answers: dict[str, Any] | None) -> Outcome:
+        """One item, served first from `answers` (its logged ones, sent by the driver)."""
+        return await item_outcome(
+            self.recipe, self.graph, self.ctx, item, self.digest, answers, self.log
         )
-        # in memory: the driver holds the outcome
-        await self.saver.adelete_thread(thread_id(self.recipe, self.digest, item))
-        return outcome
 
 
 def worker_resources(config: RunConfig, roles: list[str]) -> dict[str, float]:
@@ -165,6 +167,7 @@ class RayPool:
         config: RunConfig,
         policies: PolicySet,
         digest: str,
+        log: ResponseLog | None,
         *,
         address: str | None = None,
         workers: int | None = None,
@@ -204,8 +207,9 @@ class RayPool:
             for role in roles
             if config.model_for(role).backend == "scripted"
         )
+        where = (str(log.directory), log.prefix) if log is not None else None
         self.workers: list[Any] = [
-            actor.remote(recipe, data, policies, digest, scripted) for _ in range(workers)
+            actor.remote(recipe, data, policies, digest, scripted, where) for _ in range(workers)
         ]
         self._load = [0] * len(self.workers)  # items in flight per worker
         self.recipe = recipe
@@ -219,7 +223,7 @@ class RayPool:
 
         return list(ray.get([worker.pid.remote() for worker in self.workers]))
 
-    async def submit(self, item: PromptRow) -> Outcome:
+    async def submit(self, item: PromptRow, answers: dict[str, Any] | None = None) -> Outcome:
         """The worker's Outcome for `item`. A worker lost for good, or an error the worker could
         not turn into a row, gives a failure record: the run goes on."""
         from ray.exceptions import RayActorError, RayTaskError
@@ -230,7 +234,7 @@ class RayPool:
             worker = min(range(len(self.workers)), key=self._load.__getitem__)
             self._load[worker] += 1
             try:
-                return await self.workers[worker].run.remote(item)
+                return await self.workers[worker].run.remote(item, answers)
             finally:
                 self._load[worker] -= 1
         except RayActorError as error:

@@ -48,7 +48,7 @@ class GradeRows(Recipe):
     """Grading as a one-node recipe: every row gets a line, unscored metrics included."""
 
     name = "grade"
-    description = "grades made with a different grader or rubric"
+    description = "CoT grades of rows, six rubrics"
     verb = "grading"
     ledger = Ledger(done=GRADES, failures=GRADES)
     section = "grading"
@@ -70,6 +70,7 @@ class GradeRows(Recipe):
         with the reason, in the grades layout."""
         return {
             "id": item.id,
+            "reason": failure["reason"],
             "scores": dict.fromkeys(METRICS),
             "unscored": dict.fromkeys(METRICS, failure["reason"]),
             "calls": failure["calls"],

@@ -145,13 +145,17 @@ class JudgeSummary:
 
 
 def _with_ids(source: PromptSource, response_field: str) -> Any:
-    """Rows without an id get one from their content (prompt, response and position)."""
+    """Every row is judged: rows without an id get one from their content (prompt, response and
+    position); a repeated id (K samples carrying their prompt's id) gets `#<row index>`."""
+    seen: set[str] = set()
     for row in source:
         if row.has_id:
-            yield row
-            continue
-        text = f"{row.prompt}\x00{row.fields.get(response_field)}\x00{row.index}"
-        yield PromptRow(row.index, content_id(text), row.prompt, row.problem, row.fields, False)
+            row_id = row.id if row.id not in seen else f"{row.id}#{row.index}"
+        else:
+            text = f"{row.prompt}\x00{row.fields.get(response_field)}\x00{row.index}"
+            row_id = content_id(text)
+        seen.add(row_id)
+        yield PromptRow(row.index, row_id, row.prompt, row.problem, row.fields, row.has_id)
 
 
 async def judge_responses(
@@ -168,6 +172,8 @@ async def judge_responses(
     engine: Engine | None = None,
 ) -> JudgeSummary:
     """Judge every row not judged yet, then recompute summary.json from the whole ledger."""
+    # the response column must hold text in every row: checked now, carried with each row
+    source.text_fields.setdefault(response_field, "--response-field")
     total = source.check()
     if limit is not None:
         total = min(total, limit)

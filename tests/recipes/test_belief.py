@@ -200,7 +200,7 @@ async def test_dpo_on_an_existing_run_reuses_its_rows_and_resumes(tmp_path: Path
         show_progress=False,
     )
     assert (third.done_now, third.skipped) == (0, 2)
-    with pytest.raises(UserError, match=r"DPO pairs .* made with a different configuration") as e:
+    with pytest.raises(UserError, match=r"belief output made with a different configuration") as e:
         await make_pairs(
             run,
             make_config(scripted=belief_models(), belief={"tries": 5}),

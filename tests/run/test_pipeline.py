@@ -15,11 +15,13 @@ from aidsafe.inputs import PromptSource
 from aidsafe.models.scripted import ScriptedChatModel
 from aidsafe.run.directory import RunDirectory
 from aidsafe.run.pipeline import StageSummary, generate
+from aidsafe.tasks.grading import grade_items, run_items
 from tests.conftest import (
     AGREE,
     INTENTS,
     REFINE,
     REVISE,
+    belief_models,
     make_config,
     read_jsonl,
     scripted,
@@ -306,3 +308,23 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path: Path) -> 
     assert sorted(t["id"] for t in traces) == [f"p{n}" for n in range(6)]
     calls_per_row = 4  # decompose, draft, one agreeing deliberator, refine
     assert requests <= 6 * calls_per_row + 1  # at most the one call in flight is repeated
+
+
+async def test_a_chain_whose_first_stage_finished_no_row_runs_an_empty_second_stage(
+    tmp_path: Path,
+) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a", "b"])
+    broken = scripted(decomposer=["not json"])  # every row fails: malformed_output
+    grader = {"grader": ScriptedChatModel([{"score": 3, "rationale": "ok"}], True)}
+    config = make_config(
+        scripted=broken | belief_models() | grader, recipe="aidsafe-dpo", repair_attempts=0
+    )
+    run = RunDirectory(tmp_path / "run")
+    result = await generate(PromptSource(str(prompts)), run, config, show_progress=False)
+    assert [(s.recipe, s.done_now, s.failed_now) for s in result.stages] == [
+        ("aidsafe", 0, 2),
+        ("belief", 0, 0),
+    ]
+    assert run.path("sft.jsonl").exists() and read_jsonl(run.path("sft.jsonl")) == []
+    graded = await grade_items(run_items(run), run, config, show_progress=False)
+    assert (graded.stage.done_now, graded.summary["rows"]) == (0, 0)

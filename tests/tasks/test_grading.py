@@ -96,7 +96,7 @@ async def test_grade_a_run_resumably_with_unparseable_grades_left_unscored(tmp_p
     again = await grade_items(run_items(run), run, config, show_progress=False)
     assert (again.stage.done_now, again.stage.skipped) == (0, 2)  # never re-grades a row
     assert fresh.calls == 0
-    with pytest.raises(UserError, match="different grader or rubric"):
+    with pytest.raises(UserError, match="grade output made with a different configuration"):
         await grade_items(
             run_items(run),
             run,
