@@ -4,8 +4,11 @@ response log. An item is in its done ledger, in its failures ledger, or still to
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from aidsafe.recipes import registry
 from aidsafe.records import Reason
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"  # held (flock) by the one process working in the directory
 RESPONSES = "responses"  # the response log: a folder of append-only files, one per process
 CHECKPOINTS = "checkpoints.sqlite"  # written by aidsafe before 0.2; archived with the run
 SFT_SELECTED = "sft_selected.jsonl"
@@ -73,6 +77,41 @@ class RunDirectory:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._handles: dict[str, TextIO] = {}
+        self._lock: TextIO | None = None
+
+    def lock(self) -> None:
+        """Take the directory for this process: an exclusive advisory lock, which the kernel
+        releases when the process ends, however it ends. A second process is refused with
+        the holder's pid and host (exit 2)."""
+        if self._lock is not None:
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = self.path(LOCK).open("a+", encoding="utf-8")
+        except OSError as error:
+            raise UserError(
+                f"{self.root}: cannot use this run directory ({error.strerror or error})"
+            ) from error
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(
+                f"{self.root}: in use by {holder}; wait for it to end or stop it (one process "
+                "per run directory)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"aidsafe pid {os.getpid()} on host {socket.gethostname()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -109,7 +148,7 @@ class RunDirectory:
         which moves the stage's archive `group` aside. Returns where it went."""
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.root}: exists and is not a directory")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock()
         manifest = self.manifest()
         table = file_table()
         archived = None
@@ -198,9 +237,11 @@ class RunDirectory:
             self.append(name, row)
 
     def close(self) -> None:
+        """Close the ledgers and give the directory back."""
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+        self.unlock()
 
     # --- summaries -----------------------------------------------------------------------------
 

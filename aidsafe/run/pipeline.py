@@ -108,39 +108,43 @@ async def run_stage(stage: Stage) -> StageSummary:
     summary.archived = run.open_stage(
         recipe.section, settings, digest, stage.force, recipe.archive_group, f"{recipe.name} output"
     )
-    if ledger.derived is not None:
-        run.rebuild_derived(ledger.done, ledger.derived, recipe.derived)
-    retried: dict[str, str] = {}  # id -> the stage it failed in
-    if stage.retry_failed and ledger.failures != ledger.done:
-        for row in read_jsonl(run.path(ledger.failures)):
-            if row.get("reason") != Reason.DUPLICATE_ID:
-                retried[row["id"]] = row.get("stage", "")
-        run.drop_failures(ledger.failures, lambda row: row.get("reason") == Reason.DUPLICATE_ID)
-    state = run.ledger_state(ledger.done, ledger.failures)
-    log, answers = _response_log(stage, digest, state.finished, retried)
+    try:  # the directory is this process's from here: give it back if setting up fails
+        if ledger.derived is not None:
+            run.rebuild_derived(ledger.done, ledger.derived, recipe.derived)
+        retried: dict[str, str] = {}  # id -> the stage it failed in
+        if stage.retry_failed and ledger.failures != ledger.done:
+            for row in read_jsonl(run.path(ledger.failures)):
+                if row.get("reason") != Reason.DUPLICATE_ID:
+                    retried[row["id"]] = row.get("stage", "")
+            run.drop_failures(ledger.failures, lambda row: row.get("reason") == Reason.DUPLICATE_ID)
+        state = run.ledger_state(ledger.done, ledger.failures)
+        log, answers = _response_log(stage, digest, state.finished, retried)
 
-    manifest: dict[str, Any] = run.manifest() or {"created": now()}
-    if summary.archived and recipe.section is not None:
-        manifest[recipe.section] = {}  # its runs and counts were of the outputs moved aside
-    section = manifest if recipe.section is None else manifest.setdefault(recipe.section, {})
-    section.update(
-        {
-            "aidsafe_version": __version__,
-            "recipe": recipe.name,
-            "fingerprint": digest,
-            "config": settings,
-            "policy_set": ctx.policy_provenance() | {"path": config.policies},
-            "packages": package_versions(),
+        manifest: dict[str, Any] = run.manifest() or {"created": now()}
+        if summary.archived and recipe.section is not None:
+            manifest[recipe.section] = {}  # its runs and counts were of the outputs moved aside
+        section = manifest if recipe.section is None else manifest.setdefault(recipe.section, {})
+        section.update(
+            {
+                "aidsafe_version": __version__,
+                "recipe": recipe.name,
+                "fingerprint": digest,
+                "config": settings,
+                "policy_set": ctx.policy_provenance() | {"path": config.policies},
+                "packages": package_versions(),
+            }
+        )
+        this_run: dict[str, Any] = {
+            "started": now(),
+            "limit": stage.limit,
+            "concurrency": config.concurrency,
+            "engine": "ray" if stage.engine else "local",
         }
-    )
-    this_run: dict[str, Any] = {
-        "started": now(),
-        "limit": stage.limit,
-        "concurrency": config.concurrency,
-        "engine": "ray" if stage.engine else "local",
-    }
-    section.setdefault("runs", []).append(this_run)
-    run.write_manifest(manifest)
+        section.setdefault("runs", []).append(this_run)
+        run.write_manifest(manifest)
+    except BaseException:
+        run.close()
+        raise
 
     console = stage.console or Console(stderr=True)
     progress = progress_display(console, stage.show_progress)

@@ -4,7 +4,10 @@ a row become a typed failure row and the run goes on; --force starts clean."""
 from __future__ import annotations
 
 import errno
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +170,32 @@ async def test_dpo_force_never_resumes_threads_saved_under_the_old_belief_config
     )
     assert judge.calls == 1 and fresh["whisperer"].calls == 0
     assert second.totals["failed_by_reason"] == {"chosen_unsafe": 1}
+
+
+def test_a_second_process_on_a_run_directory_is_refused_with_the_holders_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"q{n}" for n in range(6)])
+    out = tmp_path / "run"
+    with StubOpenAIServer(latency=0.3) as stub:
+        flags = ["--base-url", stub.base_url, "--model", "stub", "--concurrency", "1", "-q"]
+        args = ["generate", str(prompts), "--out", str(out), *flags]
+        first = subprocess.Popen([sys.executable, "-m", "aidsafe", *args])
+        try:
+            deadline = time.monotonic() + 30
+            while not (out / "traces.jsonl").exists():  # the first one is working
+                assert time.monotonic() < deadline and first.poll() is None
+                time.sleep(0.1)
+            monkeypatch.setattr(sys, "argv", ["aidsafe", *args])
+            with pytest.raises(SystemExit) as exit:
+                main()
+            err = " ".join(capsys.readouterr().err.split())
+            assert exit.value.code == 2 and f"in use by aidsafe pid {first.pid}" in err
+        finally:
+            first.send_signal(signal.SIGKILL)  # the kernel gives its lock back
+            first.wait()
+        with pytest.raises(SystemExit) as exit:
+            main()  # now it may go on
+        assert exit.value.code in (0, None)
+    traces = read_jsonl(out / "traces.jsonl")
+    assert sorted(t["id"] for t in traces) == [f"p{n}" for n in range(6)]  # none twice
