@@ -68,7 +68,11 @@ class PromptSource:
         self._dataset: Any = None
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.spec, "kind": self.kind, "split": self.split}
+        """What identifies the source in a run's fingerprint: its kind and split, and a hub
+        dataset's name; never a file's path (the same file by another spelling, or moved, is
+        the same input: its rows are checked by content as the run resumes)."""
+        described = {"kind": self.kind, "split": self.split}
+        return described | ({"name": self.spec} if self.kind == "hub" else {})
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ def test_jsonl_with_ids(tmp_path: Path) -> None:
     assert source.check() == 2
     assert [(r.id, r.prompt) for r in source] == [("a", "first"), ("b", "second")]
     assert all(r.has_id for r in source)
-    assert source.describe() == {"source": source.spec, "kind": "jsonl", "split": "train"}
+    assert source.describe() == {"kind": "jsonl", "split": "train"}  # no path: content counts
 
 
 def test_ids_are_content_hashes_without_an_id_column(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ fingerprint is derived from these declarations, so it cannot drift from what run
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -18,6 +20,7 @@ from langgraph.graph import END, START, StateGraph
 from aidsafe.agents.context import Role, RunContext, called_roles
 from aidsafe.config import RunConfig
 from aidsafe.inputs import PromptRow
+from aidsafe.prompts import RolePrompt
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,11 @@ def one_node_graph(state: type[Any], node: Callable[..., Any]) -> RecipeGraph:
     builder.add_edge(START, node.__name__)
     builder.add_edge(node.__name__, END)
     return builder
+
+
+def prompt_digest(prompt: RolePrompt) -> str:
+    text = json.dumps([prompt.instructions, prompt.task], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Recipe:
@@ -132,9 +140,11 @@ class Recipe:
                 name: config.model_for(name, role.temperature).provenance()
                 for name, role in ctx.roles.items()
             },
+            # overridden prompts by content: an edited prompt file changes the fingerprint,
+            # the same text by another path does not
             "prompts": {
-                role: template.model_dump()
-                for role, template in sorted(config.prompts.items())
+                role: prompt_digest(ctx.prompts[role])
+                for role in sorted(config.prompts)
                 if role in families
             },
             "settings": {

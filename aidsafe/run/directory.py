@@ -5,6 +5,7 @@ response log. An item is in its done ledger, in its failures ledger, or still to
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -71,6 +72,11 @@ def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
 class LedgerState:
     finished: set[str] = field(default_factory=set)  # done or failed
     duplicates: set[int] = field(default_factory=set)  # source indexes already recorded
+    prompts: dict[str, str] = field(default_factory=dict)  # id -> digest of its recorded prompt
+
+
+def text_digest(text: str | None) -> str:
+    return hashlib.sha256((text or "").encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class RunDirectory:
@@ -202,14 +208,20 @@ class RunDirectory:
 
     def ledger_state(self, done: str, failures: str) -> LedgerState:
         state = LedgerState()
-        for row in read_jsonl(self.path(done)):
+
+        def finished(row: dict[str, Any]) -> None:
             state.finished.add(row["id"])
+            if isinstance(row.get("prompt"), str):  # recipes' rows and judgments name it
+                state.prompts[row["id"]] = text_digest(row["prompt"])
+
+        for row in read_jsonl(self.path(done)):
+            finished(row)
         if failures != done:
             for row in read_jsonl(self.path(failures)):
                 if row.get("reason") == Reason.DUPLICATE_ID:
                     state.duplicates.add(int(row["index"]))
                 else:
-                    state.finished.add(row["id"])
+                    finished(row)
         return state
 
     def ids(self, name: str) -> set[str]:

@@ -30,7 +30,7 @@ from aidsafe.policies import load_policies
 from aidsafe.recipes import registry
 from aidsafe.recipes.base import Recipe
 from aidsafe.records import Reason, failure_record
-from aidsafe.run.directory import RESPONSES, SFT_SELECTED, RunDirectory
+from aidsafe.run.directory import RESPONSES, SFT_SELECTED, RunDirectory, text_digest
 from aidsafe.run.driver import Tally, drive, progress_display
 from aidsafe.run.engine import Engine
 from aidsafe.run.outcome import Outcome, item_outcome, thread_id
@@ -293,6 +293,17 @@ def _to_do(stage: Stage, state: Any, tally: Tally) -> Iterator[PromptRow]:
             continue
         seen.add(item.id)
         if item.id in state.finished:
+            recorded = state.prompts.get(item.id)
+            if (
+                recorded is not None
+                and item.prompt is not None
+                and (recorded != text_digest(item.prompt))
+            ):
+                raise UserError(
+                    f"row {item.index} (id {item.id!r}): its prompt is not the one it was "
+                    f"finished with in {stage.run.root}; give the changed row a new id, use a "
+                    "new --out, or --force to start again"
+                )
             tally.skip()
             continue
         yield item
