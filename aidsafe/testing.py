@@ -4,6 +4,7 @@ request with the smallest schema-valid instance."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 
@@ -39,7 +40,9 @@ class StubOpenAIServer:
     """A loopback OpenAI-compatible chat server that answers every structured request (tool call
     or json_schema response_format) with a schema-valid instance, and any other request with
     `plain_answer`. For tests and benchmarks only:
-    `latency` delays every answer; `fail_first` answers the first N requests with HTTP 503;
+    `latency` delays every answer; `fail_first` answers the first N requests with `failure`
+    (default: HTTP 503 with a JSON error; a function of the request and its lower-cased
+    headers gives status, body, headers);
     `keep_alive` speaks HTTP/1.1 and keeps connections open, as real servers do (the
     benchmarks use it; tests keep HTTP/1.0, whose closed connections make shutdown clean);
     `answers` replaces the answer to a schema by name (e.g. an unsafe `Verdict`)."""
@@ -52,6 +55,8 @@ class StubOpenAIServer:
         port: int = 0,
         keep_alive: bool = False,
         answers: dict[str, dict[str, Any]] | None = None,
+        failure: Callable[[dict[str, Any], dict[str, str]], tuple[int, str, dict[str, str]]]
+        | None = None,
     ) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,6 +64,9 @@ class StubOpenAIServer:
         stub = self
         self.latency = latency
         self.fail_first = fail_first
+        self.failure = failure or (
+            lambda request, headers: (503, json.dumps({"error": {"message": "overloaded"}}), {})
+        )
         self.plain_answer = plain_answer  # the text of answers to unstructured requests
         self.answers = answers or {}  # schema name -> the answer to give instead of the smallest
         self.requests: list[dict[str, Any]] = []
@@ -95,7 +103,14 @@ class StubOpenAIServer:
 
                     time.sleep(stub.latency)
                 if failing:
-                    self._send(503, {"error": {"message": "overloaded (stub)"}})
+                    headers = {name.lower(): value for name, value in self.headers.items()}
+                    status, body, extra = stub.failure(request, headers)
+                    data = body.encode()
+                    self.send_response(status)
+                    for name, value in {"Content-Length": str(len(data)), **extra}.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
                     return
                 self._send(200, stub.answer(request))
 

@@ -3,34 +3,58 @@ runs against a loopback OpenAI-compatible stub (a separate process, so its CPU i
 answers every request with a schema-valid answer after a fixed latency.
 
 Prints, all measured in this one run:
-- our process's CPU milliseconds per LLM call, at zero latency;
+- our process's CPU milliseconds per LLM call at zero latency, `checkpoint: step` and `row`, at
+  --zero-concurrency rows in flight (default 64);
+- the floor, against the same stub at the same concurrency and number of calls: a bare
+  `openai.AsyncOpenAI` loop sending the request bodies aidsafe sent (captured from one row: the
+  same messages and json_schema `response_format`, in `extra_body` as aidsafe sends it), the same
+  with `response_format` as the client's typed parameter, and a bare `httpx.AsyncClient` POST
+  loop; then the ratio aidsafe / floor;
+- bytes written to the run directory per LLM call: every file under it after the run, and the
+  response log's bytes appended during the run (compacted away at the end of a run whose rows
+  all finished);
 - concurrency efficiency = achieved rows/s / ideal rows/s at concurrency 1, 16, 64, 256 with
   200 ms latency, where ideal = concurrency / (LLM calls per row x latency);
+- with --profile FILE: a cProfile of one more zero-latency `step` run (stats saved to FILE),
+  summarised as self time by package and the top entries by cumulative time;
 - with --memory: peak RSS growth from row 1,000 to row 10,000 of a zero-latency run.
 
-    python benchmarks/orchestration.py [--latency 0.2] [--levels 1,16,64,256] [--memory]
+    python benchmarks/orchestration.py [--latency 0.2] [--levels 1,16,64,256]
+        [--zero-concurrency 64] [--zero-rows-per-slot 4] [--profile FILE] [--memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import pstats
 import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
+import openai
 from rich.console import Console
 
 from aidsafe.inputs import PromptSource
 from aidsafe.jsonl import read_jsonl
 from aidsafe.recipes.registry import load_config
-from aidsafe.run.directory import RunDirectory
+from aidsafe.run.directory import RESPONSES, RunDirectory
 from aidsafe.run.pipeline import generate
+from aidsafe.testing import StubOpenAIServer
+
+TARGET_CPU_MS = 2.0  # the issue's targets
+TARGET_EFFICIENCY = 0.9
+TARGET_BYTES = 5 * 1024
 
 
 def start_stub(latency: float) -> tuple[subprocess.Popen[str], str]:
@@ -51,7 +75,7 @@ def write_prompts(path: Path, rows: int) -> Path:
 
 def run(
     base_url: str, rows: int, concurrency: int, workdir: Path, name: str, checkpoint: str = "step"
-) -> dict[str, float]:
+) -> dict[str, Any]:
     prompts = write_prompts(workdir / f"{name}.jsonl", rows)
     config = load_config(
         None,
@@ -78,7 +102,194 @@ def run(
     if summary.done_now != rows:
         reasons = {f["detail"][:200] for f in read_jsonl(out.path("failures.jsonl"))}
         raise SystemExit(f"only {summary.done_now} of {rows} rows finished: {reasons}")
-    return {"rows": rows, "calls": calls, "cpu_s": cpu, "wall_s": wall}
+    return {"rows": rows, "calls": calls, "cpu_s": cpu, "wall_s": wall, "out": out.root}
+
+
+def capture_bodies(workdir: Path) -> list[dict[str, Any]]:
+    """The request bodies aidsafe sends for one row (an in-process stub records them)."""
+    with StubOpenAIServer() as stub:
+        run(stub.base_url, 1, 1, workdir, "capture")
+        return list(stub.requests)
+
+
+async def _loop(calls: int, concurrency: int, call: Callable[[int], Awaitable[None]]) -> None:
+    numbers = iter(range(calls))
+
+    async def worker() -> None:
+        for n in numbers:  # one iterator shared by the workers: each call is made once
+            await call(n)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def floor_openai(
+    base_url: str, bodies: list[dict[str, Any]], calls: int, concurrency: int, typed: bool
+) -> float:
+    """CPU seconds of a bare openai.AsyncOpenAI loop sending `bodies` round robin. `typed`:
+    response_format as the client's typed parameter (which the client walks on every request)
+    rather than in extra_body, as aidsafe sends it."""
+
+    async def main() -> None:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="stub", max_retries=0)
+
+        async def call(n: int) -> None:
+            body = dict(bodies[n % len(bodies)])
+            model, messages = body.pop("model"), body.pop("messages")
+            if typed:
+                response = await client.chat.completions.create(
+                    model=model,
+                    messages=messages,
+                    response_format=body.pop("response_format"),
+                    extra_body=body,
+                )
+            else:
+                response = await client.chat.completions.create(
+                    model=model, messages=messages, extra_body=body
+                )
+            json.loads(response.choices[0].message.content or "")
+
+        async with client:
+            await _loop(calls, concurrency, call)
+
+    cpu = time.process_time()
+    asyncio.run(main())
+    return time.process_time() - cpu
+
+
+def floor_httpx(base_url: str, bodies: list[dict[str, Any]], calls: int, concurrency: int) -> float:
+    """CPU seconds of a bare httpx.AsyncClient POST loop sending `bodies` round robin."""
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+
+            async def call(n: int) -> None:
+                response = await client.post("/chat/completions", json=bodies[n % len(bodies)])
+                response.raise_for_status()
+                json.loads(response.json()["choices"][0]["message"]["content"])
+
+            await _loop(calls, concurrency, call)
+
+    cpu = time.process_time()
+    asyncio.run(main())
+    return time.process_time() - cpu
+
+
+def written(root: Path) -> tuple[dict[str, int], int]:
+    """Bytes of every file under a run directory by top-level entry, and the response log's
+    bytes appended during the run (from the manifest; the log is compacted when a run ends)."""
+    sizes: Counter[str] = Counter()
+    for path in root.rglob("*"):
+        if path.is_file():
+            sizes[path.relative_to(root).parts[0]] += path.stat().st_size
+    manifest = json.loads((root / "manifest.json").read_text())
+    sections = [manifest, *(v for v in manifest.values() if isinstance(v, dict))]
+    appended = sum(
+        r.get("response_log_bytes", 0) for s in sections for r in s.get("runs", []) or []
+    )
+    return dict(sizes), appended
+
+
+def per_call_ms(cpu_s: float, calls: int) -> float:
+    return 1000 * cpu_s / calls
+
+
+def zero_latency(
+    url: str, workdir: Path, concurrency: int, rows: int, bodies: list[dict[str, Any]]
+) -> dict[str, float]:
+    """The zero-latency measures at one concurrency; prints them, returns the headline ones."""
+    results: dict[str, float] = {}
+    print(f"\nzero latency, {concurrency} in flight, {rows} rows:")
+    bytes_lines = []
+    calls = 0
+    for mode in ("step", "row"):
+        zero = run(url, rows, concurrency, workdir, f"zero-{mode}-c{concurrency}", mode)
+        calls = zero["calls"]
+        results[mode] = per_call_ms(zero["cpu_s"], calls)
+        print(
+            f"  aidsafe, checkpoint={mode}: {results[mode]:6.2f} ms CPU per LLM call "
+            f"({calls} calls, {calls / zero['wall_s']:.0f} calls/s)"
+        )
+        sizes, log_bytes = written(zero["out"])
+        on_disk = sum(sizes.values())
+        total = on_disk + log_bytes - sizes.get(RESPONSES, 0)
+        results[f"bytes_{mode}"] = total / calls
+        parts = ", ".join(f"{name} {size / calls:.0f}" for name, size in sorted(sizes.items()))
+        bytes_lines.append(
+            f"  checkpoint={mode}: {total / calls:,.0f} B written per call "
+            f"(response log {log_bytes / calls:,.0f} B = {log_bytes / max(total, 1):.0%}); "
+            f"on disk after the run {on_disk / calls:,.0f} B per call: {parts}"
+        )
+    floors = {
+        "openai": floor_openai(url, bodies, calls, concurrency, typed=False),
+        "openai_typed": floor_openai(url, bodies, calls, concurrency, typed=True),
+        "httpx": floor_httpx(url, bodies, calls, concurrency),
+    }
+    labels = {
+        "openai": "floor: bare openai.AsyncOpenAI (schema in extra_body, as aidsafe)",
+        "openai_typed": "       bare openai.AsyncOpenAI (typed response_format param)",
+        "httpx": "floor: bare httpx.AsyncClient POST",
+    }
+    for name, cpu in floors.items():
+        results[name] = per_call_ms(cpu, calls)
+        print(f"  {labels[name]}: {results[name]:6.2f} ms CPU per call")
+    for mode in ("step", "row"):
+        print(
+            f"  ratio aidsafe/floor, checkpoint={mode}: {results[mode] / results['openai']:.2f}x "
+            f"the openai client, {results[mode] / results['httpx']:.2f}x httpx"
+        )
+    print("bytes written to the run directory per LLM call (after the run):")
+    print("\n".join(bytes_lines))
+    return results
+
+
+def profile(url: str, workdir: Path, concurrency: int, rows: int, target: Path) -> None:
+    """One zero-latency `step` run under cProfile: self time by package, top cumulative."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    result = run(url, rows, concurrency, workdir, "profile", "step")
+    profiler.disable()
+    profiler.dump_stats(str(target))
+    stats = pstats.Stats(profiler)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    by_package: Counter[str] = Counter()
+    for (filename, _, _), (_, _, tottime, _, _) in raw.items():
+        by_package[_package(filename)] += tottime
+    total = sum(by_package.values())
+    calls = result["calls"]
+    print(f"\nprofile (cProfile, checkpoint=step, {calls} calls; stats in {target}):")
+    print(f"  self time by package, ms per LLM call (profiled total {1000 * total / calls:.1f}):")
+    for package, seconds in by_package.most_common(14):
+        print(f"  {package:<22} {1000 * seconds / calls:6.2f}  {seconds / total:5.1%}")
+    print("  top entries by cumulative time, ms per LLM call (event loop frames left out):")
+    skip = ("asyncio", "threading", "selectors", "<built-in method _contextvars", "benchmarks")
+    rows_out = []
+    for (filename, line, function), (_, _, _, cumtime, _) in raw.items():
+        where = f"{_short(filename)}:{line}({function})"
+        if any(part in filename or part in function for part in skip) or filename == "~":
+            continue
+        rows_out.append((cumtime, where))
+    for cumtime, where in sorted(rows_out, reverse=True)[:25]:
+        print(f"  {1000 * cumtime / calls:7.2f}  {where}")
+
+
+def _package(filename: str) -> str:
+    if filename == "~" or filename.startswith("<"):
+        return "builtins / C"
+    parts = Path(filename).parts
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].split(".")[0]
+    if "aidsafe" in parts:
+        return "aidsafe"
+    return "stdlib: " + Path(filename).stem if "python3" in filename else "other"
+
+
+def _short(filename: str) -> str:
+    parts = Path(filename).parts
+    for anchor in ("site-packages", "aidsafe"):
+        if anchor in parts:
+            return "/".join(parts[parts.index(anchor) + (anchor == "site-packages") :])
+    return Path(filename).name
 
 
 def peak_rss_mb() -> float:
@@ -105,6 +316,10 @@ def memory_run(base_url: str, workdir: Path, rows: int) -> tuple[float, float]:
     return marks.get("1000", float("nan")), marks["end"]
 
 
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.2)
@@ -116,21 +331,38 @@ def main() -> None:
         help="rows = slots x this, at least --min-rows (so a run's start-up is a small share)",
     )
     parser.add_argument("--min-rows", type=int, default=32)
+    parser.add_argument(
+        "--zero-concurrency",
+        default="64",
+        help="rows in flight of the zero-latency CPU runs and their floor (e.g. 16,64)",
+    )
+    parser.add_argument(
+        "--zero-rows-per-slot",
+        type=int,
+        default=4,
+        help="zero-latency rows = in flight x this, at least 200",
+    )
+    parser.add_argument("--profile", type=Path, help="also a cProfile run; its stats go here")
     parser.add_argument("--memory", action="store_true", help="also the 10,000-row memory run")
     parser.add_argument("--checkpoint", default="step", choices=("step", "row"))
     options = parser.parse_args()
+    zero_levels = [int(x) for x in options.zero_concurrency.split(",")]
+    headline: dict[str, float] = {}
+    efficiency: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         stub, url = start_stub(0.0)
         try:
+            bodies = capture_bodies(workdir)
             run(url, 20, 16, workdir, "warmup")
-            for mode in ("step", "row"):
-                zero = run(url, 200, 16, workdir, f"zero-{mode}", mode)
-                print(
-                    f"CPU per LLM call at zero latency, checkpoint={mode}: "
-                    f"{1000 * zero['cpu_s'] / zero['calls']:.2f} ms "
-                    f"({zero['calls']} calls, {zero['calls'] / zero['wall_s']:.0f} calls/s)"
-                )
+            floor_openai(url, bodies, 64, 16, typed=False)  # the floors' code paths warm too
+            floor_httpx(url, bodies, 64, 16)
+            for level in zero_levels:
+                rows = max(level * options.zero_rows_per_slot, 200)
+                headline = zero_latency(url, workdir, level, rows, bodies)
+            if options.profile is not None:
+                rows = max(zero_levels[-1] * options.zero_rows_per_slot, 200)
+                profile(url, workdir, zero_levels[-1], rows, options.profile)
             if options.memory:
                 at_1000, at_end = memory_run(url, workdir, 10_000)
                 print(
@@ -152,12 +384,33 @@ def main() -> None:
                 calls_per_row = result["calls"] / result["rows"]
                 ideal = level / (calls_per_row * options.latency)
                 achieved = result["rows"] / result["wall_s"]
+                efficiency[level] = achieved / ideal
                 print(
                     f"{level:>10} {result['rows']:>6.0f} {achieved:>8.2f} {ideal:>8.2f} "
                     f"{achieved / ideal:>10.2f}"
                 )
         finally:
             stub.terminate()
+    level = zero_levels[-1]
+    print(f"\ntargets (issue), zero-latency figures at {level} in flight:")
+    for mode in ("step", "row"):
+        cpu = headline[mode]
+        print(
+            f"  CPU per call <= {TARGET_CPU_MS} ms, checkpoint={mode}: {cpu:.2f} ms "
+            f"({cpu / headline['openai']:.2f}x the floor): {verdict(cpu <= TARGET_CPU_MS)}"
+        )
+    for mode in ("step", "row"):
+        size = headline[f"bytes_{mode}"]
+        print(
+            f"  bytes written per call <= {TARGET_BYTES / 1024:.0f} KB, checkpoint={mode}: "
+            f"{size / 1024:.1f} KB: {verdict(size <= TARGET_BYTES)}"
+        )
+    if 64 in efficiency:
+        print(
+            f"  efficiency >= {TARGET_EFFICIENCY} at 64 in flight, checkpoint="
+            f"{options.checkpoint}: {efficiency[64]:.2f}: "
+            f"{verdict(efficiency[64] >= TARGET_EFFICIENCY)}"
+        )
 
 
 if __name__ == "__main__":

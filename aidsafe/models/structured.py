@@ -5,11 +5,15 @@ transient endpoint errors. The result carries what provenance needs (tokens, lat
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import json
+import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -21,10 +25,12 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ValidationError
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.wait import wait_base
 
 from aidsafe.config import ModelConfig
 from aidsafe.errors import StageFailed
@@ -43,13 +49,71 @@ class TransientModelError(Exception):
     """A failure worth retrying (raised by test doubles and adapters without typed errors)."""
 
 
+# HTTP statuses worth retrying: request timeout, conflict, too early, rate limited, and 5xx.
+TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+# The longest wait a server's Retry-After may ask for before we try again anyway.
+MAX_RETRY_AFTER_S = 120.0
+
+
 def is_transient(error: BaseException) -> bool:
-    """Timeouts, dropped connections, rate limits and server errors: retry with backoff."""
+    """Timeouts, dropped connections, rate limits, server errors, and a 200 whose body is not
+    the JSON an endpoint answers (a proxy's HTML page): retry with backoff."""
     if isinstance(error, TransientModelError | asyncio.TimeoutError | httpx.TransportError):
         return True
     if isinstance(error, openai.APIConnectionError | openai.RateLimitError):
         return True
-    return isinstance(error, openai.APIStatusError) and error.status_code >= 500
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in TRANSIENT_STATUS or error.status_code >= 500
+    if isinstance(error, json.JSONDecodeError | openai.APIResponseValidationError):
+        return True
+    # langchain-openai's words for a body that did not parse as a completion
+    return isinstance(error, ValueError) and "Unexpected response type" in str(error)
+
+
+def retry_after(error: BaseException | None) -> float | None:
+    """The wait a server asked for in `Retry-After` (seconds, or an HTTP date), capped."""
+    response = getattr(error, "response", None)
+    value = getattr(response, "headers", {}).get("retry-after") if response is not None else None
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+class WaitForServer(wait_base):
+    """Honour the server's Retry-After when it sends one; otherwise exponential backoff."""
+
+    def __init__(self, backoff: wait_base) -> None:
+        self.backoff = backoff
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        asked = retry_after(retry_state.outcome.exception() if retry_state.outcome else None)
+        return asked if asked is not None else self.backoff(retry_state)
+
+
+# Credentials as they appear in echoed headers and error bodies.
+SECRET_PATTERNS = re.compile(
+    r"(?i)(authorization|api[-_]?key|x-api-key)(\W{1,4})(bearer\s+)?[^\s'\",;]+"
+    r"|\bsk-[A-Za-z0-9_\-]{8,}"
+)
+
+
+def scrub(text: str, config: ModelConfig | None = None) -> str:
+    """`text` without credentials: the configured key's value and anything that looks like an
+    Authorization or api-key header value or an OpenAI-style key."""
+    key = os.environ.get(config.api_key_env) if config is not None else None
+    if key and len(key) >= 4:
+        text = text.replace(key, "[redacted]")
+    return SECRET_PATTERNS.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}[redacted]" if m.group(1) else "[redacted]", text
+    )
 
 
 def raw_text(message: AIMessage | None) -> str:
@@ -295,8 +359,10 @@ async def _invoke(
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(config.max_retries + 1),
-            wait=wait_exponential_jitter(
-                multiplier=config.retry_wait, max=60, jitter=config.retry_wait
+            wait=WaitForServer(
+                wait_exponential_jitter(
+                    multiplier=config.retry_wait, max=60, jitter=config.retry_wait
+                )
             ),
             reraise=True,
         ):
@@ -305,6 +371,7 @@ async def _invoke(
     except Exception as error:
         kind = "transient, retries exhausted" if is_transient(error) else "not retryable"
         first_line = str(error).splitlines()[0][:500] if str(error) else ""
-        detail = f"{type(error).__name__} ({kind}): {first_line}"
+        # error bodies may echo the request's headers: never let a key reach a file
+        detail = scrub(f"{type(error).__name__} ({kind}): {first_line}", config)
         raise StageFailed(stage, Reason.ENDPOINT_ERROR, detail) from error
     raise AssertionError("unreachable: tenacity either returns or raises")

@@ -75,10 +75,14 @@ class RecipeWorker:
         digest: str,
         scripted: dict[str, Any],
         log: tuple[str, str] | None,
+        keys: dict[str, str],
     ) -> None:
         from aidsafe.agents.context import build_context
         from aidsafe.models import scripted as scripted_models
 
+        # the API keys arrive as an argument, not through Ray's runtime_env, which writes the
+        # environment it sets to its agent's log in clear
+        os.environ.update(keys)
         for name, model in scripted.items():  # test doubles travel with the run
             scripted_models.register(name, model)
         self.recipe = recipe
@@ -198,7 +202,6 @@ class RayPool:
             max_concurrency=config.concurrency,
             max_restarts=-1,
             max_task_retries=ROW_RETRIES,
-            runtime_env={"env_vars": worker_env(config, roles)},
             **resources,
         )
         data = config.model_dump(mode="json")
@@ -208,8 +211,10 @@ class RayPool:
             if config.model_for(role).backend == "scripted"
         )
         where = (str(log.directory), log.prefix) if log is not None else None
+        keys = worker_env(config, roles)
         self.workers: list[Any] = [
-            actor.remote(recipe, data, policies, digest, scripted, where) for _ in range(workers)
+            actor.remote(recipe, data, policies, digest, scripted, where, keys)
+            for _ in range(workers)
         ]
         self._load = [0] * len(self.workers)  # items in flight per worker
         self.recipe = recipe

@@ -261,3 +261,22 @@ def test_judge_and_grade_run_on_ray_workers_like_generate(
     assert sorted(row["id"] for row in grades) == ["p0", "p1", "p2", "p3"]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["grading"]["runs"][-1]["engine"] == "ray"
+
+
+def test_the_workers_key_reaches_no_ray_log_and_no_run_file(
+    ray_instance: None, tmp_path: Path, stub: StubOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    key = "sk-ray-secret-5a1f3c9e7d"
+    monkeypatch.setenv("RAY_TEST_KEY", key)
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(4)])
+    config = stub_config(stub)
+    config.models["default"].api_key_env = "RAY_TEST_KEY"
+    summary = run(tmp_path, "run", prompts, config, Engine(workers=2))
+    assert summary.done_now == 4
+    logs = Path(ray._private.worker.global_worker.node.get_session_dir_path()) / "logs"
+    files = [p for p in [*logs.rglob("*"), *(tmp_path / "run").rglob("*")] if p.is_file()]
+    assert files
+    for path in files:
+        assert key not in path.read_text(errors="replace"), path
