@@ -14,13 +14,36 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class DamagedLine(Exception):
+    """A ledger line that is not a JSON object: the message names the file and the line."""
+
+    def __init__(self, path: Path, number: int, why: str) -> None:
+        super().__init__(
+            f"{path}:{number}: damaged line ({why}); `aidsafe repair {path.parent}` moves damaged "
+            "lines into a quarantine file and rebuilds what derives from them"
+        )
+        self.path = path
+        self.number = number
+
+
+def parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DamagedLine(path, number, f"not JSON: {error.msg}") from None
+    if not isinstance(row, dict):
+        raise DamagedLine(path, number, f"a JSON {type(row).__name__}, not an object")
+    return row
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON-lines file (none if it does not exist); DamagedLine on a bad line."""
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
+    with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+        for number, line in enumerate(handle, 1):
             if line.strip():
-                yield json.loads(line)
+                yield parse_line(path, number, line)
 
 
 def dumps(row: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from aidsafe.cli.render import (
     print_stage,
 )
 from aidsafe.errors import RunFailed, UserError
+from aidsafe.jsonl import DamagedLine
 
 T = TypeVar("T")
 
@@ -217,6 +218,10 @@ def _run(work: Coroutine[Any, Any, T], engine: Any = None, saved: str = "") -> T
             from aidsafe.models.vllm import shutdown_engines
 
             shutdown_engines()
+        if "aidsafe.models.local" in sys.modules:
+            from aidsafe.models.local import close_engines
+
+            close_engines()
 
 
 def _engine(engine: str, ray_address: str | None, workers: int | None) -> Any:
@@ -662,9 +667,32 @@ def show_config(config: ConfigOption = None) -> None:
     sys.stdout.write(yaml.safe_dump(resolved, sort_keys=False))
 
 
+@app.command()
+def repair(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with a damaged ledger line.")],
+) -> None:
+    """Move damaged ledger lines into quarantine files and rebuild the rows derived from them."""
+    from aidsafe.run.directory import RunDirectory
+
+    run = RunDirectory(run_dir)
+    if run.manifest() is None:
+        raise UserError(f"{run_dir}: not a run directory (no manifest.json)")
+    run.lock()
+    try:
+        moved = run.repair()
+    finally:
+        run.close()
+    for name, count in moved.items():
+        quarantine = name.removesuffix(".jsonl") + ".quarantine.jsonl"
+        out.print(f"{name}: moved {count} damaged line(s) to {quarantine}")
+    if not moved:
+        out.print("No damaged line found.")
+    out.print("Run the same command again: rows whose lines were moved are done again.")
+
+
 def main() -> None:
     try:
         app()
-    except UserError as error:
+    except (UserError, DamagedLine) as error:
         err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         sys.exit(2)

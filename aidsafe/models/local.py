@@ -64,6 +64,15 @@ def _engine(path: str, n_ctx: int, n_threads: int | None) -> _Engine:
         return _engines[key]
 
 
+def close_engines() -> None:
+    """Free the loaded models now: left to the interpreter's shutdown, llama.cpp's finaliser
+    runs after its library is unloaded and prints a traceback."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.llama.close()
+        _engines.clear()
+
+
 _ROLE_NAMES = {"human": "user", "ai": "assistant", "system": "system"}
 
 

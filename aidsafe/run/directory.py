@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aidsafe.errors import UserError
-from aidsafe.jsonl import dumps, read_jsonl, truncate_partial_line, write_atomic, write_jsonl
+from aidsafe.jsonl import (
+    DamagedLine,
+    dumps,
+    parse_line,
+    read_jsonl,
+    truncate_partial_line,
+    write_atomic,
+    write_jsonl,
+)
 from aidsafe.recipes import registry
 from aidsafe.records import Reason
 
@@ -155,29 +163,89 @@ class RunDirectory:
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"{self.root}: exists and is not a directory")
         self.lock()
-        manifest = self.manifest()
-        table = file_table()
-        archived = None
-        if manifest is None and any(self.path(name).exists() for name in table):
-            if not force:
-                raise UserError(f"{self.root}: has run files but no manifest; use --force")
-            archived = self.archive("run")
-        elif manifest is not None:
-            previous = manifest if section is None else manifest.get(section, {})
-            if previous.get("fingerprint") not in (None, fingerprint):
+        try:
+            manifest = self.manifest()
+            table = file_table()
+            archived = None
+            if manifest is None and any(self.path(name).exists() for name in table):
                 if not force:
-                    changes = config_changes(previous.get("config", {}), settings)
-                    shown = "\n  ".join(changes[:12]) or "(fingerprint differs)"
-                    raise UserError(
-                        f"{self.root} holds {what} made with a different configuration:\n"
-                        f"  {shown}\nUse a new --out directory to keep both, or --force to move "
-                        "the earlier outputs into a subfolder and start again."
-                    )
-                archived = self.archive(group)
-        for name in table:
-            if name.endswith(".jsonl"):
-                truncate_partial_line(self.path(name))
-        return archived
+                    raise UserError(f"{self.root}: has run files but no manifest; use --force")
+                archived = self.archive("run")
+            elif manifest is not None:
+                previous = manifest if section is None else manifest.get(section, {})
+                if previous.get("fingerprint") not in (None, fingerprint):
+                    if not force:
+                        changes = config_changes(previous.get("config", {}), settings)
+                        shown = "\n  ".join(changes[:12]) or "(fingerprint differs)"
+                        raise UserError(
+                            f"{self.root} holds {what} made with a different configuration:\n"
+                            f"  {shown}\nUse a new --out directory to keep both, or --force to "
+                            "move the earlier outputs into a subfolder and start again."
+                        )
+                    archived = self.archive(group)
+            for name in table:
+                if name.endswith(".jsonl"):
+                    truncate_partial_line(self.path(name))
+            self.check_ledgers()
+            return archived
+        except BaseException:
+            self.unlock()  # refused: the directory stays free
+            raise
+
+    def ledger_files(self) -> list[Path]:
+        return [self.path(name) for name in file_table() if name.endswith(".jsonl")]
+
+    def check_ledgers(self) -> None:
+        """Every ledger line is a JSON object with an id (else DamagedLine naming the file and
+        line), and no done ledger is missing while the rows derived from it are there."""
+        for path in self.ledger_files():
+            for number, row in enumerate(read_jsonl(path), 1):
+                if not isinstance(row.get("id"), str):
+                    raise DamagedLine(path, number, "no `id`")
+        made_by = (self.manifest() or {}).get("recipe")
+        for recipe in [registry.RECIPES[made_by]] if made_by in registry.RECIPES else []:
+            done, derived = recipe.ledger.done, recipe.ledger.derived
+            if derived is None or self.path(done).exists() or not self.path(derived).exists():
+                continue
+            if self.path(derived).stat().st_size > 0:  # not silently emptied and redone
+                raise UserError(
+                    f"{self.root}: {done} is missing but {derived} holds rows made from it; "
+                    f"restore {done}, or use --force to move what is here aside and start again"
+                )
+
+    def repair(self) -> dict[str, int]:
+        """Move every damaged ledger line into `<ledger>.quarantine.jsonl` (with its line
+        number and text), then rebuild the derived rows of the run's recipe. Returns the number
+        of lines moved per file."""
+        moved: dict[str, int] = {}
+        for path in self.ledger_files():
+            if not path.exists():
+                continue
+            kept, bad = [], []
+            with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = parse_line(path, number, line)
+                        if not isinstance(row.get("id"), str):
+                            raise DamagedLine(path, number, "no `id`")
+                        kept.append(line if line.endswith("\n") else line + "\n")
+                    except DamagedLine as damage:
+                        bad.append({"line": number, "text": line.rstrip("\n"), "why": str(damage)})
+            if bad:
+                quarantine = path.with_name(path.name.removesuffix(".jsonl") + ".quarantine.jsonl")
+                with quarantine.open("a", encoding="utf-8", errors="surrogateescape") as handle:
+                    handle.writelines(dumps(entry) + "\n" for entry in bad)
+                write_atomic(path, "".join(kept))
+                moved[path.name] = len(bad)
+        manifest = self.manifest() or {}
+        made_by = manifest.get("recipe")
+        if made_by in registry.RECIPES:
+            ledger = registry.RECIPES[made_by].ledger
+            if ledger.derived is not None:
+                self.rebuild_derived(ledger.done, ledger.derived, registry.RECIPES[made_by].derived)
+        return moved
 
     def archive(self, group: str) -> str:
         """Move the files of `group` (`run`: every file of the table) into a new subfolder."""

@@ -23,7 +23,7 @@ from aidsafe.agents.context import build_context, resolve_models
 from aidsafe.config import RunConfig, fingerprint
 from aidsafe.errors import RunFailed, UserError
 from aidsafe.inputs import PromptRow, PromptSource
-from aidsafe.jsonl import now, read_jsonl, write_jsonl
+from aidsafe.jsonl import DamagedLine, now, read_jsonl, write_jsonl
 from aidsafe.models import preflight
 from aidsafe.models.replay import ResponseLog
 from aidsafe.policies import load_policies
@@ -257,7 +257,7 @@ async def _guarded(work: Awaitable[None], run: RunDirectory, recipe: Recipe) -> 
     """An error that no row absorbs ends the run with one message; what is finished stays."""
     try:
         await work
-    except (UserError, RunFailed, asyncio.CancelledError, KeyboardInterrupt):
+    except (UserError, DamagedLine, RunFailed, asyncio.CancelledError, KeyboardInterrupt):
         raise
     except OSError as error:
         raise RunFailed(

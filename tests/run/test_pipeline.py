@@ -254,7 +254,8 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path: Path) -> 
 
     from aidsafe.testing import StubOpenAIServer
 
-    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(6)])
+    # 20 rows of ~0.6 s each: the interrupt lands long before the run could end
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(20)])
     run = tmp_path / "run"
     with StubOpenAIServer(latency=0.15) as stub:
         command = [
@@ -279,6 +280,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path: Path) -> 
         deadline = time.monotonic() + 60
         while len(read_jsonl(run / "traces.jsonl")) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be interrupted"
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
         assert process.returncode == 130, err
@@ -286,7 +288,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path: Path) -> 
             " ".join(err.split())
         )
         finished = len(read_jsonl(run / "traces.jsonl"))
-        assert 2 <= finished < 6
+        assert 2 <= finished < 20
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["runs"][-1]["interrupted"] is True
 
@@ -305,9 +307,9 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path: Path) -> 
         assert again.returncode == 0, err
         requests = len(stub.requests)
     traces = read_jsonl(run / "traces.jsonl")
-    assert sorted(t["id"] for t in traces) == [f"p{n}" for n in range(6)]
+    assert sorted(t["id"] for t in traces) == sorted(f"p{n}" for n in range(20))
     calls_per_row = 4  # decompose, draft, one agreeing deliberator, refine
-    assert requests <= 6 * calls_per_row + 1  # at most the one call in flight is repeated
+    assert requests <= 20 * calls_per_row + 1  # at most the one call in flight is repeated
 
 
 async def test_a_chain_whose_first_stage_finished_no_row_runs_an_empty_second_stage(
