@@ -32,6 +32,35 @@ def assistant_content(cot: str, response: str) -> str:
     return f"<think>\n{cot.strip()}\n</think>\n\n{response.strip()}"
 
 
+def sft_row(
+    row_id: str, prompt: str, cot: str, response: str, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """A TRL conversational SFT row: `messages` (the user's prompt, then the CoT in think tags
+    and the response), with `id` and provenance in a separate `metadata` column."""
+    return {
+        "id": row_id,
+        "messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": assistant_content(cot, response)},
+        ],
+        "metadata": metadata,
+    }
+
+
+def dpo_row(
+    row_id: str, prompt: str, chosen: str, rejected: str, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """A TRL conversational preference row: `prompt`, `chosen` and `rejected` (assistant turns
+    already in their final text), with `id` and a separate `metadata` column."""
+    return {
+        "id": row_id,
+        "prompt": [{"role": "user", "content": prompt}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "metadata": metadata,
+    }
+
+
 def model_name(model: Mapping[str, Any]) -> str:
     """A model's short name for row metadata (a local GGUF by its file name)."""
     name = model.get("model") or model["backend"]

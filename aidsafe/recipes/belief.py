@@ -21,7 +21,14 @@ from aidsafe.config import RunConfig
 from aidsafe.inputs import PromptRow
 from aidsafe.prompts import RolePrompt, format_intents, format_thoughts
 from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, Rejected
-from aidsafe.records import Reason, assistant_content, failure_record, model_name, tokens
+from aidsafe.records import (
+    Reason,
+    assistant_content,
+    dpo_row,
+    failure_record,
+    model_name,
+    tokens,
+)
 
 WHISPERER_INSTRUCTIONS = """\
 You are a red-team agent who tests how robustly an assistant follows the safety policies. Write \
@@ -246,12 +253,12 @@ def pair_outcome(
             "the rejected side is the same text as the chosen side",
         )
     calls = state.get("calls", [])
-    row = {
-        "id": state["id"],
-        "prompt": [{"role": "user", "content": state["prompt"]}],
-        "chosen": [{"role": "assistant", "content": chosen_text}],
-        "rejected": [{"role": "assistant", "content": rejected_text}],
-        "metadata": {
+    row = dpo_row(
+        state["id"],
+        state["prompt"],
+        chosen_text,
+        rejected_text,
+        {
             "recipe": "aidsafe-dpo",
             "belief": rejected["belief"],
             "belief_tries": len(tries),
@@ -280,7 +287,7 @@ def pair_outcome(
             "output_tokens": tokens(calls)["output"],
             "calls": calls,
         },
-    }
+    )
     return row, None
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypedDict
 from aidsafe.agents.context import RunContext
 from aidsafe.agents.thoughts import ThoughtRecord
 from aidsafe.prompts import format_thoughts
-from aidsafe.records import assistant_content, model_name, provenance
+from aidsafe.records import model_name, provenance, sft_row
 from aidsafe.schemas import REMOVAL_REASONS
 
 
@@ -67,18 +67,13 @@ def cot_trace(recipe: str, state: dict[str, Any], ctx: RunContext) -> dict[str, 
 def cot_sft_row(trace: dict[str, Any]) -> dict[str, Any]:
     """TRL conversational SFT row: `messages`, plus `id` and a separate `metadata` column."""
     reasons = Counter(removal["reason"] for removal in trace["removed"])
-    return {
-        "id": trace["id"],
-        "messages": [
-            {"role": "user", "content": trace["prompt"]},
-            {
-                "role": "assistant",
-                "content": assistant_content(
-                    format_thoughts(trace["final_cot"]), trace["response"]
-                ),
-            },
-        ],
-        "metadata": {
+    cot = format_thoughts(trace["final_cot"])
+    return sft_row(
+        trace["id"],
+        trace["prompt"],
+        cot,
+        trace["response"],
+        {
             "recipe": trace["recipe"],
             "policy_set": trace["policy_set"]["name"],
             "policy_sha256": trace["policy_set"]["sha256"],
@@ -92,4 +87,4 @@ def cot_sft_row(trace: dict[str, Any]) -> dict[str, Any]:
             "output_tokens": trace["tokens"]["output"],
             "latency_s": trace["latency_s"],
         },
-    }
+    )

@@ -24,7 +24,7 @@ from aidsafe.metrics import safety_metrics
 from aidsafe.models.structured import CallRecord, invoke_with_backoff, raw_text
 from aidsafe.prompts import RolePrompt, format_thoughts
 from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph
-from aidsafe.records import Reason, assistant_content, model_name, provenance
+from aidsafe.records import Reason, model_name, provenance, sft_row
 
 CORRECTOR_INSTRUCTIONS = """\
 You correct unsafe answers of a reasoning model. You receive a query, the model's answer (its \
@@ -200,54 +200,34 @@ def unsafechain_sft_rows(trace: dict[str, Any]) -> list[dict[str, Any]]:
     for sample in trace["samples"]:
         if sample["verdict"] is None or not sample["verdict"]["safe"]:
             continue
+        meta = {"source": "original", "sample": sample["index"], "verdict": sample["verdict"]}
+        row_id = f"{trace['id']}#{sample['index']}"
         rows.append(
-            _sft(trace, f"{trace['id']}#{sample['index']}", sample["reasoning"], sample["answer"])
-            | {
-                "metadata": base
-                | {
-                    "source": "original",
-                    "sample": sample["index"],
-                    "verdict": sample["verdict"],
-                    "replaced": None,
-                }
-            }
+            sft_row(
+                row_id,
+                trace["prompt"],
+                sample["reasoning"],
+                sample["answer"],
+                base | meta | {"replaced": None},
+            )
         )
     by_index = {s["index"]: s for s in trace["samples"]}
     for correction in trace["corrections"]:
         if not correction["kept"]:
             continue
         original = by_index[correction["sample"]]
+        replaced = {"completion": original["completion"], "verdict": original["verdict"]}
+        meta = {"source": "corrected", "sample": correction["sample"]}
         rows.append(
-            _sft(
-                trace,
+            sft_row(
                 f"{trace['id']}#{correction['sample']}c",
+                trace["prompt"],
                 format_thoughts(correction["thoughts"]),
                 correction["response"],
+                base | meta | {"verdict": correction["verdict"], "replaced": replaced},
             )
-            | {
-                "metadata": base
-                | {
-                    "source": "corrected",
-                    "sample": correction["sample"],
-                    "verdict": correction["verdict"],
-                    "replaced": {
-                        "completion": original["completion"],
-                        "verdict": original["verdict"],
-                    },
-                }
-            }
         )
     return rows
-
-
-def _sft(trace: dict[str, Any], row_id: str, reasoning: str, answer: str) -> dict[str, Any]:
-    return {
-        "id": row_id,
-        "messages": [
-            {"role": "user", "content": trace["prompt"]},
-            {"role": "assistant", "content": assistant_content(reasoning, answer)},
-        ],
-    }
 
 
 def run_statistics(traces: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from aidsafe.agents.context import Role, RunContext
 from aidsafe.prompts import RolePrompt
 from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, one_node_graph
-from aidsafe.records import assistant_content, provenance
+from aidsafe.records import provenance, sft_row
 
 ECHOER = Role(
     "echoer",
@@ -51,12 +51,8 @@ class Toy(Recipe):
         return Done(record, self.derived(record))
 
     def derived(self, record: dict[str, Any]) -> list[dict[str, Any]]:
-        content = assistant_content("I say it back.", record["echo"])
-        messages = [
-            {"role": "user", "content": record["prompt"]},
-            {"role": "assistant", "content": content},
-        ]
-        return [{"id": record["id"], "messages": messages, "metadata": {"recipe": "toy"}}]
+        metadata = {"recipe": "toy"}
+        return [sft_row(record["id"], record["prompt"], "I say it back.", record["echo"], metadata)]
 
 
 RECIPE = Toy()
