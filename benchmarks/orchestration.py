@@ -8,8 +8,8 @@ Prints, all measured in this one run:
 - the floor, against the same stub at the same concurrency and number of calls: a bare
   `openai.AsyncOpenAI` loop sending the request bodies aidsafe sent (captured from one row: the
   same messages and json_schema `response_format`, in `extra_body` as aidsafe sends it), the same
-  with `response_format` as the client's typed parameter, and a bare `httpx.AsyncClient` POST
-  loop; then the ratio aidsafe / floor;
+  with `response_format` as the client's typed parameter, and a bare `httpx2.AsyncClient` POST
+  loop (the HTTP client under openai 3.x); then the ratio aidsafe / floor;
 - bytes written to the run directory per LLM call: every file under it after the run, and the
   response log's bytes appended during the run (compacted away at the end of a run whose rows
   all finished);
@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 from rich.console import Console
 
@@ -157,11 +157,13 @@ def floor_openai(
 
 
 def floor_httpx(base_url: str, bodies: list[dict[str, Any]], calls: int, concurrency: int) -> float:
-    """CPU seconds of a bare httpx.AsyncClient POST loop sending `bodies` round robin."""
+    """CPU seconds of a bare httpx2.AsyncClient POST loop sending `bodies` round robin: the HTTP
+    client under openai 3.x (and so under aidsafe). httpx 0.28 / httpcore 1.0 is no floor here:
+    its connection pool costs 5-8 ms of CPU per call with 64 connections in use."""
 
     async def main() -> None:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+        limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx2.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
 
             async def call(n: int) -> None:
                 response = await client.post("/chat/completions", json=bodies[n % len(bodies)])
@@ -228,7 +230,7 @@ def zero_latency(
     labels = {
         "openai": "floor: bare openai.AsyncOpenAI (schema in extra_body, as aidsafe)",
         "openai_typed": "       bare openai.AsyncOpenAI (typed response_format param)",
-        "httpx": "floor: bare httpx.AsyncClient POST",
+        "httpx": "floor: bare httpx2.AsyncClient POST",
     }
     for name, cpu in floors.items():
         results[name] = per_call_ms(cpu, calls)
@@ -236,52 +238,120 @@ def zero_latency(
     for mode in ("step", "row"):
         print(
             f"  ratio aidsafe/floor, checkpoint={mode}: {results[mode] / results['openai']:.2f}x "
-            f"the openai client, {results[mode] / results['httpx']:.2f}x httpx"
+            f"the openai client, {results[mode] / results['httpx']:.2f}x httpx2"
         )
     print("bytes written to the run directory per LLM call (after the run):")
     print("\n".join(bytes_lines))
     return results
 
 
-def profile(url: str, workdir: Path, concurrency: int, rows: int, target: Path) -> None:
-    """One zero-latency `step` run under cProfile: self time by package, top cumulative."""
+LAYERS = {  # package -> the layer its self time is charged to
+    "openai": "openai client + HTTP (openai, httpx2, httpcore2, h11, anyio)",
+    "httpx2": "openai client + HTTP (openai, httpx2, httpcore2, h11, anyio)",
+    "httpcore2": "openai client + HTTP (openai, httpx2, httpcore2, h11, anyio)",
+    "h11": "openai client + HTTP (openai, httpx2, httpcore2, h11, anyio)",
+    "anyio": "openai client + HTTP (openai, httpx2, httpcore2, h11, anyio)",
+    "langchain_core": "LangChain (langchain_core, langchain_openai)",
+    "langchain_openai": "LangChain (langchain_core, langchain_openai)",
+    "langgraph": "LangGraph",
+    "aidsafe": "aidsafe",
+    "pydantic": "pydantic",
+    "pydantic_core": "pydantic",
+    "benchmarks": "this benchmark (the floor's loop; the run's wrapper)",
+}
+EVENT_LOOP = "asyncio event loop (select, scheduling)"
+
+
+def profile(
+    url: str,
+    workdir: Path,
+    concurrency: int,
+    rows: int,
+    target: Path,
+    bodies: list[dict[str, Any]],
+) -> None:
+    """One zero-latency `step` run under cProfile, and the openai floor's loop for as many
+    calls, so that the client stack's cost in both is seen with the same overhead. Self time
+    is charged to layers: a package's own functions to its layer, the standard library's and
+    builtins' to the layer of whoever called them (split by their callers' shares), what only
+    the event loop called to the loop.
+    Cumulative times stop at task boundaries (asyncio.wait_for and LangGraph run each call in a
+    task of its own), so they are shown within one call, not per row."""
     profiler = cProfile.Profile()
     profiler.enable()
     result = run(url, rows, concurrency, workdir, "profile", "step")
     profiler.disable()
     profiler.dump_stats(str(target))
-    stats = pstats.Stats(profiler)
-    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    by_package: Counter[str] = Counter()
-    for (filename, _, _), (_, _, tottime, _, _) in raw.items():
-        by_package[_package(filename)] += tottime
-    total = sum(by_package.values())
+    raw: dict[Any, Any] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     calls = result["calls"]
-    print(f"\nprofile (cProfile, checkpoint=step, {calls} calls; stats in {target}):")
-    print(f"  self time by package, ms per LLM call (profiled total {1000 * total / calls:.1f}):")
-    for package, seconds in by_package.most_common(14):
-        print(f"  {package:<22} {1000 * seconds / calls:6.2f}  {seconds / total:5.1%}")
-    print("  top entries by cumulative time, ms per LLM call (event loop frames left out):")
-    skip = ("asyncio", "threading", "selectors", "<built-in method _contextvars", "benchmarks")
-    rows_out = []
+    floor_profiler = cProfile.Profile()
+    floor_profiler.enable()
+    floor_openai(url, bodies, calls, concurrency, typed=False)
+    floor_profiler.disable()
+    floor_raw: dict[Any, Any] = pstats.Stats(floor_profiler).stats  # type: ignore[attr-defined]
+    layers, floor_layers = layer_times(raw), layer_times(floor_raw)
+    print(
+        f"\nprofile (cProfile, checkpoint=step, {calls} calls; stats in {target}), "
+        "ms per LLM call under the profiler (it inflates Python-heavy code most):"
+    )
+    print(f"  {'aidsafe':>8} {'share':>6} {'floor':>8}  layer")
+    for layer, seconds in layers.most_common():
+        print(
+            f"  {1000 * seconds / calls:8.2f} {seconds / layers.total():6.1%} "
+            f"{1000 * floor_layers.get(layer, 0.0) / calls:8.2f}  {layer}"
+        )
+    print(
+        f"  {1000 * layers.total() / calls:8.2f} {1:6.1%} "
+        f"{1000 * floor_layers.total() / calls:8.2f}  total (floor: the bare openai loop)"
+    )
+    print("  top entries by cumulative time, ms per LLM call under the profiler:")
+    skip = ("asyncio", "threading", "selectors", "benchmarks", "_contextvars", "runners.py")
+    entries = []
     for (filename, line, function), (_, _, _, cumtime, _) in raw.items():
-        where = f"{_short(filename)}:{line}({function})"
-        if any(part in filename or part in function for part in skip) or filename == "~":
+        if filename == "~" or any(part in filename or part in function for part in skip):
             continue
-        rows_out.append((cumtime, where))
-    for cumtime, where in sorted(rows_out, reverse=True)[:25]:
+        entries.append((cumtime, f"{_short(filename)}:{line}({function})"))
+    for cumtime, where in sorted(entries, reverse=True)[:20]:
         print(f"  {1000 * cumtime / calls:7.2f}  {where}")
 
 
+def layer_times(raw: dict[Any, Any]) -> Counter[str]:
+    """Self time by layer (see `profile`)."""
+    layers: Counter[str] = Counter()
+
+    def charge(function: Any, share: float, depth: int) -> None:
+        layer = LAYERS.get(_package(function[0]))
+        if layer is not None:
+            layers[layer] += share
+            return
+        callers = raw[function][4] if function in raw else {}
+        weights = {caller: edge[3] for caller, edge in callers.items() if edge[3] > 0}
+        if depth >= 12 or not weights:
+            layers[EVENT_LOOP if _is_loop(function) or not weights else "other"] += share
+            return
+        total = sum(weights.values())
+        for caller, weight in weights.items():
+            charge(caller, share * weight / total, depth + 1)
+
+    for function, (_, _, tottime, _, _) in raw.items():
+        charge(function, tottime, 0)
+    return layers
+
+
+def _is_loop(function: Any) -> bool:
+    filename, _, name = function
+    return any(part in filename or part in name for part in ("asyncio", "selectors", "epoll"))
+
+
 def _package(filename: str) -> str:
-    if filename == "~" or filename.startswith("<"):
-        return "builtins / C"
     parts = Path(filename).parts
     if "site-packages" in parts:
         return parts[parts.index("site-packages") + 1].split(".")[0]
+    if "benchmarks" in parts:
+        return "benchmarks"
     if "aidsafe" in parts:
         return "aidsafe"
-    return "stdlib: " + Path(filename).stem if "python3" in filename else "other"
+    return "stdlib"
 
 
 def _short(filename: str) -> str:
@@ -362,7 +432,7 @@ def main() -> None:
                 headline = zero_latency(url, workdir, level, rows, bodies)
             if options.profile is not None:
                 rows = max(zero_levels[-1] * options.zero_rows_per_slot, 200)
-                profile(url, workdir, zero_levels[-1], rows, options.profile)
+                profile(url, workdir, zero_levels[-1], rows, options.profile, bodies)
             if options.memory:
                 at_1000, at_end = memory_run(url, workdir, 10_000)
                 print(
