@@ -133,10 +133,11 @@ def build_context(
     model_configs = resolve_models(config, roles) if build_models else {}
     built: dict[str, BaseChatModel] = {}
     shared: dict[str, BaseChatModel] = {}
+    pools: dict[tuple[str | None, float], Any] = {}  # one HTTP pool per endpoint
     for role, model_config in model_configs.items():
         key = model_config.model_dump_json()  # roles with one model share one client/engine
         if key not in shared:
-            shared[key] = build_chat_model(model_config)
+            shared[key] = build_chat_model(model_config, pools)
         built[role] = shared[key]
     defaults = {role.name: role.prompt for role in roles.values() if role.prompt}
     return RunContext(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import httpx
 from langchain_core.language_models import BaseChatModel
@@ -26,7 +27,12 @@ def api_key(config: ModelConfig) -> str:
     return PLACEHOLDER_KEY
 
 
-def build_chat_model(config: ModelConfig) -> BaseChatModel:
+def build_chat_model(
+    config: ModelConfig, pools: dict[tuple[str | None, float], Any] | None = None
+) -> BaseChatModel:
+    """The chat model of one role's config. `pools`: HTTP connection pools to share, one per
+    endpoint, among the models of one run (each pool checks its idle connections on every
+    request, so one per model config cost ~0.7 ms per call; see benchmarks/RESULTS.md)."""
     if config.backend == "scripted":
         from aidsafe.models.scripted import lookup
 
@@ -55,7 +61,6 @@ def build_chat_model(config: ModelConfig) -> BaseChatModel:
             top_p=config.top_p,
             seed=config.seed,
         )
-    import openai
     from langchain_openai import ChatOpenAI
 
     if not config.model:
@@ -70,10 +75,21 @@ def build_chat_model(config: ModelConfig) -> BaseChatModel:
         seed=config.seed,
         timeout=config.timeout,
         max_retries=0,  # retries live in call_structured, in one place, with our backoff
-        # A connection pool of this model's own: langchain-openai's default one is shared by
-        # the process, and its kept-alive connections would outlive the run's event loop.
-        http_async_client=openai.DefaultAsyncHttpxClient(timeout=config.timeout),
+        # A connection pool of the run's own: langchain-openai's default one is shared by the
+        # process, and its kept-alive connections would outlive the run's event loop.
+        http_async_client=_pool(config, pools),
     )
+
+
+def _pool(config: ModelConfig, pools: dict[tuple[str | None, float], Any] | None) -> Any:
+    import openai
+
+    key = (config.base_url, config.timeout)
+    if pools is None:
+        return openai.DefaultAsyncHttpxClient(timeout=config.timeout)
+    if key not in pools:
+        pools[key] = openai.DefaultAsyncHttpxClient(timeout=config.timeout)
+    return pools[key]
 
 
 def preflight(configs: dict[str, ModelConfig]) -> None:
