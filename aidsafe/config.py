@@ -46,7 +46,7 @@ class ModelConfig(BaseModel):
         "never read from a config file nor written to any output.",
     )
     temperature: float | None = Field(
-        None, ge=0, description="Sampling temperature (unset: the role's default)."
+        None, ge=0, le=2, description="Sampling temperature, 0 to 2 (unset: the role's default)."
     )
     max_tokens: int | None = Field(1024, gt=0, description="Most tokens one answer may generate.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling (unset: server's).")
@@ -231,10 +231,9 @@ class RunConfig(BaseSettings):
     concurrency: int = Field(4, ge=1, description="Prompts in flight at once.")
     checkpoint: Literal["step", "row"] = Field(
         "step",
-        description="When a row's progress is saved. `step`: after every LLM call, so a killed "
-        "run repeats only the calls that were in flight. `row`: when the row ends (or fails), "
-        "so a killed run redoes its in-flight rows from the start; about a third less CPU per "
-        "call, for large runs against fast endpoints.",
+        description="`step`: every model answer goes to the run's response log as it arrives, "
+        "so a killed run repeats only the calls that were in flight. `row`: no response log; a "
+        "killed run redoes its rows in flight from the start (writes about half the bytes).",
     )
 
     def model_for(self, role: str, temperature: float | None = None) -> ModelConfig:

@@ -1,20 +1,27 @@
-"""Prompt sources: JSONL, CSV, Parquet, a dataset saved with `save_to_disk`, or a Hugging Face
-dataset name. Rows are streamed, never held in memory all at once."""
+"""Prompt sources: JSONL, a JSON array, CSV, Parquet, a dataset saved with `save_to_disk`, or a
+Hugging Face dataset name. Rows are streamed, never held in memory all at once (but for a JSON
+array, which is parsed whole). Text files are UTF-8, with or without a byte-order mark."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from aidsafe.errors import UserError
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 FILE_FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
+
+# A JSON escape such as "\ud800" decodes to a lone UTF-16 surrogate: not text, and UTF-8 (every
+# output file) cannot encode it.
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -76,35 +83,73 @@ class PromptSource:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def _records(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(line or row number for messages, record) pairs."""
-        if self.kind == "jsonl":
+    def _records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(where, record) pairs; `where` names the line, row or element for messages."""
+        if self.kind == "jsonl" and self._is_json_array():
+            yield from self._json_array_records()
+        elif self.kind == "jsonl":
             yield from self._jsonl_records()
         elif self.kind == "csv":
-            with self._open() as handle:
-                reader = csv.DictReader(handle)
-                for number, record in enumerate(reader, start=2):
-                    yield number, dict(record)
+            yield from self._csv_records()
         elif self.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            number = 0
-            for batch in pq.ParquetFile(self.spec).iter_batches(batch_size=1024):
-                for record in batch.to_pylist():
-                    number += 1
-                    yield number, record
+            yield from self._parquet_records()
         else:
             for number, record in enumerate(self._load_dataset(), start=1):
-                yield number, dict(record)
+                yield f"row {number}", dict(record)
 
-    def _open(self) -> Any:
+    @contextmanager
+    def _text(self) -> Iterator[TextIO]:
+        """The file opened as UTF-8 text (`utf-8-sig`: a byte-order mark is dropped); a read
+        or decoding error is a UserError naming the file."""
         try:
-            return open(self.spec, encoding="utf-8", newline="")
+            with open(self.spec, encoding="utf-8-sig", newline="") as handle:
+                yield handle
         except OSError as error:
             raise UserError(f"{self.spec}: cannot read input: {error.strerror}") from error
+        except UnicodeDecodeError as error:
+            raise UserError(self._not_utf8()) from error
 
-    def _jsonl_records(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        with self._open() as handle:
+    def _not_utf8(self) -> str:
+        """The message for a file that is not UTF-8, naming its first line that is not (the
+        text reader's error does not say where in the file it is)."""
+        with open(self.spec, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    return (
+                        f"{self.spec}: line {number}: not UTF-8 text (byte "
+                        f"0x{line[error.start]:02X}); save the file as UTF-8"
+                    )
+        return f"{self.spec}: not UTF-8 text; save the file as UTF-8"
+
+    def _is_json_array(self) -> bool:
+        """A `.json` file that opens with `[` holds one array of objects, not JSON lines."""
+        if Path(self.spec).suffix.lower() != ".json":
+            return False
+        with self._text() as handle:
+            while (char := handle.read(1)).isspace():
+                pass
+            return char == "["
+
+    def _json_array_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self._text() as handle:
+            try:
+                items = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise UserError(
+                    f"{self.spec}: line {error.lineno}: not valid JSON: {error.msg}"
+                ) from error
+        for position, item in enumerate(items, start=1):
+            if not isinstance(item, dict):
+                raise UserError(
+                    f"{self.spec}: element {position} of the array: expected a JSON object, "
+                    f"got {type(item).__name__}"
+                )
+            yield f"element {position}", item
+
+    def _jsonl_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self._text() as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -119,7 +164,41 @@ class PromptSource:
                         f"{self.spec}: line {number}: expected a JSON object, "
                         f"got {type(record).__name__}"
                     )
-                yield number, record
+                yield f"line {number}", record
+
+    def _csv_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self._text() as handle:
+            reader = csv.DictReader(handle)
+            try:
+                for number, record in enumerate(reader, start=2):
+                    yield f"row {number}", dict(record)
+            except csv.Error as error:  # line_num: the lines of the records read before
+                raise UserError(
+                    f"{self.spec}: line {reader.line_num + 1}: not valid CSV: {error}"
+                ) from error
+
+    def _parquet(self) -> Any:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(self.spec)
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(f"{self.spec}: not a readable Parquet file: {error}") from error
+
+    def _parquet_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        import pyarrow as pa
+
+        number = 0
+        try:
+            for batch in self._parquet().iter_batches(batch_size=1024):
+                for record in batch.to_pylist():
+                    number += 1
+                    yield f"row {number}", record
+        except (pa.ArrowException, OSError) as error:
+            raise UserError(
+                f"{self.spec}: not a readable Parquet file (after row {number}): {error}"
+            ) from error
 
     def _load_dataset(self) -> Any:
         if self._dataset is not None:
@@ -148,14 +227,15 @@ class PromptSource:
     # --- checking and iteration ---------------------------------------------------------------
 
     def columns(self) -> list[str] | None:
-        """Known column names, or None for JSONL (rows may differ)."""
+        """Known column names, or None for JSON (rows may differ)."""
         if self.kind == "csv":
-            with self._open() as handle:
-                return next(csv.reader(handle), [])
+            with self._text() as handle:
+                try:
+                    return next(csv.reader(handle), [])
+                except csv.Error as error:
+                    raise UserError(f"{self.spec}: line 1: not valid CSV: {error}") from error
         if self.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.ParquetFile(self.spec).schema_arrow.names)
+            return list(self._parquet().schema_arrow.names)
         if self.kind in ("saved", "hub"):
             return list(self._load_dataset().column_names)
         return None
@@ -200,8 +280,7 @@ class PromptSource:
         return count
 
     def __iter__(self) -> Iterator[PromptRow]:
-        for index, (number, record) in enumerate(self._records()):
-            where = f"{'row' if self.kind != 'jsonl' else 'line'} {number}"
+        for index, (where, record) in enumerate(self._records()):
             value = record.get(self.prompt_field)
             raw_id = record.get(self.id_field)
             explicit_id = None if raw_id is None or str(raw_id).strip() == "" else str(raw_id)
@@ -209,10 +288,15 @@ class PromptSource:
             problems = [
                 _text_problem(where, name, record.get(name))
                 for name in (self.prompt_field, *self.text_fields)
+            ] + [
+                _surrogate_problem(where, name, record.get(name))
+                for name in (self.id_field, *self.extra_fields)
             ]
             problem = next((p for p in problems if p), None)
             if problem:
-                row_id = explicit_id or f"row-{index}"
+                # escaped, so that the failure row recording the problem can be written
+                row_id = _escaped(explicit_id) if explicit_id else f"row-{index}"
+                fields = _escaped(fields)
                 yield PromptRow(index, row_id, None, problem, fields, explicit_id is not None)
                 continue
             assert isinstance(value, str)
@@ -227,4 +311,26 @@ def _text_problem(where: str, name: str, value: Any) -> str | None:
         return f"{where}: field {name!r} is a {type(value).__name__}, not text"
     if not value.strip():
         return f"{where}: field {name!r} is empty"
-    return None
+    return _surrogate_problem(where, name, value)
+
+
+def _surrogate_problem(where: str, name: str, value: Any) -> str | None:
+    if _escaped(value) == value:
+        return None
+    found = SURROGATE.search(value) if isinstance(value, str) else None
+    at = f" (\\u{ord(found.group()):04x} at character {found.start() + 1})" if found else ""
+    return (
+        f"{where}: field {name!r} holds a lone UTF-16 surrogate{at}, which is not text and "
+        "cannot be encoded as UTF-8"
+    )
+
+
+def _escaped(value: Any) -> Any:
+    """`value` with each lone surrogate written as its `\\uXXXX` escape."""
+    if isinstance(value, str):
+        return SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", value)
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -13,6 +14,10 @@ from aidsafe.errors import UserError, describe_validation_error
 
 PACKAGED_POLICIES = Path(__file__).parent / "data"
 DEFAULT_POLICY_SET = "default"
+# The rendered policy text opens every request, so a huge set costs tokens on every call and can
+# crowd out the context window; the environment variable raises the limit for who needs it.
+MAX_POLICY_BYTES = 64 * 1024
+MAX_POLICY_BYTES_ENV = "AIDSAFE_MAX_POLICY_BYTES"
 
 
 class Policy(BaseModel):
@@ -124,6 +129,31 @@ def load_policies(spec: str | Path) -> PolicySet:
             f"got {type(data).__name__}"
         )
     try:
-        return PolicySet.model_validate(data)
+        policy_set = PolicySet.model_validate(data)
     except ValidationError as error:
         raise UserError(describe_validation_error(str(path), error)) from error
+    size = len(policy_set.render().encode("utf-8"))  # pydantic refused lone surrogates
+    limit = max_policy_bytes()
+    if size > limit:
+        raise UserError(
+            f"{path}: the policy set renders to {size:,} bytes, over the limit of {limit:,} bytes: "
+            f"the policy text is sent with every request (raise the limit with "
+            f"{MAX_POLICY_BYTES_ENV})"
+        )
+    return policy_set
+
+
+def max_policy_bytes() -> int:
+    """The largest rendered policy set accepted: MAX_POLICY_BYTES, or the environment's."""
+    value = os.environ.get(MAX_POLICY_BYTES_ENV, "").strip()
+    if not value:
+        return MAX_POLICY_BYTES
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise UserError(
+            f"{MAX_POLICY_BYTES_ENV}: expected a positive number of bytes, got {value!r}"
+        )
+    return limit

@@ -129,6 +129,7 @@ def test_zero_and_false_are_values_not_unset() -> None:
         ("deliberation: {agents: 0}\n", "deliberation.agents"),
         ("models:\n  default: {api_key: sk-123}\n", "models.default.api_key: unknown key"),
         ("models:\n  default: {backend: gpu}\n", "models.default.backend"),
+        ("models:\n  refiner: {temperature: 5}\n", "c.yaml: models.refiner.temperature: Input"),
         ("recipe: aidsafe-sft\n", "c.yaml: recipe: unknown recipe 'aidsafe-sft'"),
         ("recipe: belief\n", "c.yaml: recipe: unknown recipe 'belief'"),  # consumes rows
         ("prompts:\n  critic: {task: '{query}'}\n", "c.yaml: prompts.critic: unknown role"),

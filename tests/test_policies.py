@@ -1,9 +1,10 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aidsafe.errors import UserError
-from aidsafe.policies import load_policies
+from aidsafe.policies import PolicySet, load_policies
 
 VALID = """\
 name: test-set
@@ -77,3 +78,26 @@ def test_bad_policy_files_name_the_file_and_field(tmp_path: Path, text: str, mes
 def test_missing_file_lists_shipped_sets(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"not found .*shipped policy sets: default"):
         load_policies(tmp_path / "missing.yaml")
+
+
+def test_a_policy_set_over_the_size_limit_is_refused_with_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AIDSAFE_MAX_POLICY_BYTES", raising=False)
+    big = VALID.replace("examples: [z]", "examples: [" + ", ".join(["z" * 1000] * 70) + "]")
+    path = write(tmp_path, big)
+    with pytest.raises(UserError) as caught:
+        load_policies(path)
+    message = str(caught.value)
+    size = len(PolicySet.model_validate(yaml.safe_load(big)).render().encode())
+    assert message.startswith(f"{path}: the policy set renders to {size:,} bytes")
+    assert "over the limit of 65,536 bytes" in message and "sent with every request" in message
+    assert "AIDSAFE_MAX_POLICY_BYTES" in message
+    monkeypatch.setenv("AIDSAFE_MAX_POLICY_BYTES", "100000")
+    assert load_policies(path).ids == ["a", "b"]
+    monkeypatch.setenv("AIDSAFE_MAX_POLICY_BYTES", "100")
+    with pytest.raises(UserError, match="over the limit of 100 bytes:"):
+        load_policies(write(tmp_path, VALID))
+    monkeypatch.setenv("AIDSAFE_MAX_POLICY_BYTES", "64k")
+    with pytest.raises(UserError, match="AIDSAFE_MAX_POLICY_BYTES: expected a positive number"):
+        load_policies(write(tmp_path, VALID))
