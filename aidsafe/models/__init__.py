@@ -61,34 +61,38 @@ def build_chat_model(
             top_p=config.top_p,
             seed=config.seed,
         )
-    from langchain_openai import ChatOpenAI
+    from aidsafe.models.endpoint import ChatEndpoint
 
     if not config.model:
         raise UserError("an `openai` backend needs `model` (the model name at the endpoint)")
-    return ChatOpenAI(
+    return ChatEndpoint(
         model=config.model,
-        base_url=config.base_url,
+        base_url=config.base_url or "https://api.openai.com/v1",
         api_key=api_key(config),
         temperature=config.temperature,
-        max_completion_tokens=config.max_tokens,
+        max_tokens=config.max_tokens,
         top_p=config.top_p,
         seed=config.seed,
         timeout=config.timeout,
-        max_retries=0,  # retries live in call_structured, in one place, with our backoff
-        # A connection pool of the run's own: langchain-openai's default one is shared by the
-        # process, and its kept-alive connections would outlive the run's event loop.
-        http_async_client=_pool(config, pools),
+        # a connection pool of the run's own, one per endpoint: kept-alive connections must
+        # not outlive the run's event loop, and each pool checks its idle ones per request
+        client=_pool(config, pools),
     )
 
 
 def _pool(config: ModelConfig, pools: dict[tuple[str | None, float], Any] | None) -> Any:
-    import openai
+    import httpx2
 
-    key = (config.base_url, config.timeout)
+    def new() -> Any:
+        # as many connections as rows in flight may need (httpx2's default is 100)
+        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+        return httpx2.AsyncClient(timeout=config.timeout, limits=limits)
+
     if pools is None:
-        return openai.DefaultAsyncHttpxClient(timeout=config.timeout)
+        return new()
+    key = (config.base_url, config.timeout)
     if key not in pools:
-        pools[key] = openai.DefaultAsyncHttpxClient(timeout=config.timeout)
+        pools[key] = new()
     return pools[key]
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
+import httpx2
 import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -58,16 +59,15 @@ MAX_RETRY_AFTER_S = 120.0
 def is_transient(error: BaseException) -> bool:
     """Timeouts, dropped connections, rate limits, server errors, and a 200 whose body is not
     the JSON an endpoint answers (a proxy's HTML page): retry with backoff."""
-    if isinstance(error, TransientModelError | asyncio.TimeoutError | httpx.TransportError):
+    if isinstance(error, TransientModelError | asyncio.TimeoutError):
+        return True
+    if isinstance(error, httpx.TransportError | httpx2.TransportError):
         return True
     if isinstance(error, openai.APIConnectionError | openai.RateLimitError):
         return True
     if isinstance(error, openai.APIStatusError):
         return error.status_code in TRANSIENT_STATUS or error.status_code >= 500
-    if isinstance(error, json.JSONDecodeError | openai.APIResponseValidationError):
-        return True
-    # langchain-openai's words for a body that did not parse as a completion
-    return isinstance(error, ValueError) and "Unexpected response type" in str(error)
+    return isinstance(error, json.JSONDecodeError | openai.APIResponseValidationError)
 
 
 def retry_after(error: BaseException | None) -> float | None:

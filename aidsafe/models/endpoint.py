@@ -1,0 +1,172 @@
+"""The `openai` backend: a chat model that speaks the OpenAI chat-completions protocol directly
+over httpx2 (the HTTP client the openai package itself runs on).
+
+Why not langchain-openai's ChatOpenAI over the openai client: measured on the loopback stub
+(benchmarks/RESULTS.md, 2026-11-23), the openai client alone costs 2.3-2.9 ms of CPU per call,
+most of it walking the request's typed parameters, and LangChain's callback machinery around it
+more; a POST with httpx2 costs 1.0-1.3 ms. A run is CPU-bound on one core at 64 calls in flight,
+so what a call costs here is what a run can reach. The protocol part is small: a JSON body
+(messages, sampling, and the structured-output binding passed as `extra_body`), and an answer
+turned into an AIMessage with its tool calls and token usage. Errors keep the openai package's
+types (APIStatusError with the response), so retries, Retry-After and scrubbing treat them alike.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+import openai
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableConfig
+from pydantic import ConfigDict, Field, PrivateAttr
+
+ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+
+
+class ChatEndpoint(BaseChatModel):
+    """One model at an OpenAI-compatible endpoint. `ainvoke` is the hot path: it goes straight
+    to the endpoint (no callback managers); the LangChain generation API works too."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str
+    base_url: str = "https://api.openai.com/v1"
+    api_key: str = Field(repr=False)
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    timeout: float = 300.0
+    client: httpx2.AsyncClient | None = Field(default=None, exclude=True, repr=False)
+    _owned: httpx2.AsyncClient | None = PrivateAttr(default=None)
+
+    @property
+    def _llm_type(self) -> str:
+        return "openai-compatible"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, "base_url": self.base_url, "temperature": self.temperature}
+
+    def _http(self) -> httpx2.AsyncClient:
+        if self.client is not None:
+            return self.client
+        if self._owned is None:
+            self._owned = httpx2.AsyncClient(timeout=self.timeout)
+        return self._owned
+
+    def body(self, messages: list[BaseMessage], extra: dict[str, Any] | None) -> dict[str, Any]:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": ROLES.get(m.type, "user"), "content": m.text} for m in messages],
+        }
+        for name, value in (
+            ("temperature", self.temperature),
+            ("max_completion_tokens", self.max_tokens),
+            ("top_p", self.top_p),
+            ("seed", self.seed),
+        ):
+            if value is not None:
+                request[name] = value
+        return request | (extra or {})
+
+    async def ainvoke(  # type: ignore[override]
+        self,
+        input: list[BaseMessage],
+        config: RunnableConfig | None = None,
+        *,
+        extra_body: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """One chat completion; `extra_body` joins the request as it is (response_format,
+        tools, tool_choice: see aidsafe.models.structured)."""
+        response = await self._http().post(
+            f"{self.base_url.rstrip('/')}/chat/completions",
+            json=self.body(list(input), extra_body),
+            headers={"Authorization": f"Bearer {self.api_key}"},
+        )
+        if response.status_code >= 400:
+            raise _status_error(response)
+        return _message(response.json())  # a body that is not JSON: retried as transient
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        message = await self.ainvoke(messages, extra_body=kwargs.get("extra_body"))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        with httpx2.Client(timeout=self.timeout) as client:
+            response = client.post(
+                f"{self.base_url.rstrip('/')}/chat/completions",
+                json=self.body(messages, kwargs.get("extra_body")),
+                headers={"Authorization": f"Bearer {self.api_key}"},
+            )
+        if response.status_code >= 400:
+            raise _status_error(response)
+        return ChatResult(generations=[ChatGeneration(message=_message(response.json()))])
+
+
+def _status_error(response: httpx2.Response) -> openai.APIStatusError:
+    """The openai package's error for an HTTP error status, with the response attached."""
+    try:
+        body: Any = response.json()
+        detail = body.get("error", body) if isinstance(body, dict) else body
+        message = detail.get("message", str(detail)) if isinstance(detail, dict) else str(detail)
+    except ValueError:
+        body, message = None, response.text[:500]
+    return openai.APIStatusError(
+        f"Error code: {response.status_code} - {message}", response=response, body=body
+    )
+
+
+def _message(data: dict[str, Any]) -> AIMessage:
+    """A chat-completion response as an AIMessage: text, tool calls, token usage."""
+    choice = data["choices"][0]
+    message = choice.get("message") or {}
+    tool_calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        try:
+            args = json.loads(function.get("arguments") or "{}", strict=False)
+        except json.JSONDecodeError:
+            args = None
+        if not isinstance(args, dict):  # kept as text: the repair step shows it to the model
+            message = {**message, "content": function.get("arguments") or ""}
+            continue
+        tool_calls.append({"name": function.get("name", ""), "args": args, "id": call.get("id")})
+    usage = data.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    completion_tokens = int(usage.get("completion_tokens") or 0)
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    usage_metadata: dict[str, Any] = {
+        "input_tokens": prompt_tokens,
+        "output_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if cached is not None:
+        usage_metadata["input_token_details"] = {"cache_read": int(cached)}
+    return AIMessage(
+        content=message.get("content") or "",
+        tool_calls=tool_calls,
+        usage_metadata=usage_metadata,
+        response_metadata={
+            "model_name": data.get("model"),
+            "finish_reason": choice.get("finish_reason"),
+        },
+    )
