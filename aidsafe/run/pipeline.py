@@ -142,6 +142,9 @@ async def run_stage(stage: Stage) -> StageSummary:
         }
         section.setdefault("runs", []).append(this_run)
         run.write_manifest(manifest)
+    except OSError as error:  # e.g. --out on a full or read-only disk
+        run.close()
+        raise UserError(f"{run.root}: cannot write the run directory ({error})") from error
     except BaseException:
         run.close()
         raise

@@ -76,6 +76,14 @@ async def test_a_failing_ledger_write_ends_the_run_instead_of_hanging(
     assert len(read_jsonl(run.path("traces.jsonl"))) >= 2  # what finished is kept
     manifest = run.manifest() or {}
     assert manifest["runs"][-1]["finished"]  # the manifest still closed the run
+    monkeypatch.undo()  # space is freed: the same command goes on and finishes every row
+    result = await generate(
+        PromptSource(str(prompts)), run, make_config(scripted=scripted()), show_progress=False
+    )
+    assert result.stages[0].failed_now == 0
+    traces = read_jsonl(run.path("traces.jsonl"))
+    assert sorted(t["id"] for t in traces) == sorted(f"p{n}" for n in range(20))
+    assert [r["id"] for r in read_jsonl(run.path("sft.jsonl"))] == [t["id"] for t in traces]
 
 
 def test_the_cli_reports_a_full_disk_in_one_line_with_exit_1(
