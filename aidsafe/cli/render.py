@@ -122,7 +122,8 @@ def print_grades(summary: Any) -> None:
     out.print(table)
     stage = summary.stage
     out.print(
-        f"This run: {stage.done_now} rows graded, {stage.skipped} graded earlier. "
+        f"This run: {stage.done_now} rows graded, {stage.failed_now} failed, "
+        f"{stage.skipped} graded earlier. "
         f"Grades in {escape(stage.out)}: grades.jsonl, grades_summary.json"
     )
 

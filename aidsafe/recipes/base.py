@@ -74,7 +74,7 @@ def prompt_digest(prompt: RolePrompt) -> str:
 
 class Recipe:
     """Base of every recipe; subclasses set the class attributes and implement `graph` and
-    `finish`. Instances hold no state, so they travel to Ray workers as they are."""
+    `finish`. Instances hold at most their settings (picklable), so they travel to Ray workers."""
 
     name: ClassVar[str]
     description: ClassVar[str]

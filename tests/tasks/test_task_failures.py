@@ -80,4 +80,5 @@ def test_grading_a_run_by_another_spelling_of_its_path_resumes_it(
             except SystemExit as exit:
                 assert exit.code in (0, None), capsys.readouterr().err
     out = " ".join(capsys.readouterr().out.split())
-    assert "1 rows graded, 0 graded earlier" in out and "0 rows graded, 1 graded earlier" in out
+    assert "1 rows graded, 0 failed, 0 graded earlier" in out
+    assert "0 rows graded, 0 failed, 1 graded earlier" in out
