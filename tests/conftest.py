@@ -81,7 +81,10 @@ async def run_graph(name: str, config: RunConfig, state: dict[str, Any]) -> dict
     """Run one recipe's graph to its end on one input state, without a checkpointer."""
     recipe = registry.get(name)
     context = registry.context(recipe, config)
-    return dict(await recipe.graph().compile().ainvoke(state, context=context))
+    try:
+        return dict(await recipe.graph().compile().ainvoke(state, context=context))
+    finally:
+        await context.aclose()
 
 
 def write_prompts(path: Path, prompts: list[str], with_ids: bool = True) -> Path:

@@ -96,6 +96,13 @@ class RunContext:
         )
         return answer, [record.as_dict() for record in records]
 
+    async def aclose(self) -> None:
+        """Close what the models hold open (HTTP connection pools)."""
+        for model in {id(m): m for m in self.models.values()}.values():
+            close = getattr(model, "aclose", None)
+            if close is not None:
+                await close()
+
     def provenance(self) -> dict[str, Any]:
         """What a row records about the models of the roles that made it."""
         return {role: cfg.provenance() for role, cfg in self.model_configs.items()}

@@ -76,23 +76,18 @@ def build_chat_model(
         timeout=config.timeout,
         # a connection pool of the run's own, one per endpoint: kept-alive connections must
         # not outlive the run's event loop, and each pool checks its idle ones per request
-        client=_pool(config, pools),
+        pool=_pool(config, pools),
     )
 
 
 def _pool(config: ModelConfig, pools: dict[tuple[str | None, float], Any] | None) -> Any:
-    import httpx2
-
-    def new() -> Any:
-        # as many connections as rows in flight may need (httpx2's default is 100)
-        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
-        return httpx2.AsyncClient(timeout=config.timeout, limits=limits)
+    from aidsafe.models.endpoint import EndpointPool
 
     if pools is None:
-        return new()
+        return EndpointPool(config.timeout)
     key = (config.base_url, config.timeout)
     if key not in pools:
-        pools[key] = new()
+        pools[key] = EndpointPool(config.timeout)
     return pools[key]
 
 

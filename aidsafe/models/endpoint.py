@@ -1,21 +1,23 @@
 """The `openai` backend: a chat model that speaks the OpenAI chat-completions protocol directly
-over httpx2 (the HTTP client the openai package itself runs on).
+over aiohttp.
 
 Why not langchain-openai's ChatOpenAI over the openai client: measured on the loopback stub
 (benchmarks/RESULTS.md, 2026-11-23), the openai client alone costs 2.3-2.9 ms of CPU per call,
-most of it walking the request's typed parameters, and LangChain's callback machinery around it
-more; a POST with httpx2 costs 1.0-1.3 ms. A run is CPU-bound on one core at 64 calls in flight,
-so what a call costs here is what a run can reach. The protocol part is small: a JSON body
-(messages, sampling, and the structured-output binding passed as `extra_body`), and an answer
-turned into an AIMessage with its tool calls and token usage. Errors keep the openai package's
-types (APIStatusError with the response), so retries, Retry-After and scrubbing treat them alike.
-"""
+most of it walking the request's typed parameters, and LangChain's callbacks around it more. And
+why aiohttp: at 64 requests in flight a POST costs 0.2-0.3 ms of CPU with aiohttp against 1.0-1.2
+ms with httpx2 (the openai client's), whose pool checks every idle connection on each request. A
+run is CPU-bound on one core at 64 calls in flight, so what a call costs is what a run reaches.
+The protocol part is small: a JSON body (messages, sampling, and the structured-output binding
+passed as `extra_body`), and an answer turned into an AIMessage with its tool calls and token
+usage. HTTP errors keep the openai package's types (APIStatusError with the response), so
+retries, Retry-After and scrubbing treat every backend alike."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -42,8 +44,8 @@ class ChatEndpoint(BaseChatModel):
     top_p: float | None = None
     seed: int | None = None
     timeout: float = 300.0
-    client: httpx2.AsyncClient | None = Field(default=None, exclude=True, repr=False)
-    _owned: httpx2.AsyncClient | None = PrivateAttr(default=None)
+    pool: EndpointPool | None = Field(default=None, exclude=True, repr=False)
+    _owned: EndpointPool | None = PrivateAttr(default=None)
 
     @property
     def _llm_type(self) -> str:
@@ -53,12 +55,15 @@ class ChatEndpoint(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.model, "base_url": self.base_url, "temperature": self.temperature}
 
-    def _http(self) -> httpx2.AsyncClient:
-        if self.client is not None:
-            return self.client
+    def _pool(self) -> EndpointPool:
+        if self.pool is not None:
+            return self.pool
         if self._owned is None:
-            self._owned = httpx2.AsyncClient(timeout=self.timeout)
+            self._owned = EndpointPool(self.timeout)
         return self._owned
+
+    async def aclose(self) -> None:
+        await self._pool().aclose()
 
     def body(self, messages: list[BaseMessage], extra: dict[str, Any] | None) -> dict[str, Any]:
         request: dict[str, Any] = {
@@ -85,14 +90,14 @@ class ChatEndpoint(BaseChatModel):
     ) -> AIMessage:
         """One chat completion; `extra_body` joins the request as it is (response_format,
         tools, tool_choice: see aidsafe.models.structured)."""
-        response = await self._http().post(
-            f"{self.base_url.rstrip('/')}/chat/completions",
-            json=self.body(list(input), extra_body),
-            headers={"Authorization": f"Bearer {self.api_key}"},
-        )
-        if response.status_code >= 400:
-            raise _status_error(response)
-        return _message(response.json())  # a body that is not JSON: retried as transient
+        url = f"{self.base_url.rstrip('/')}/chat/completions"
+        session = self._pool().session()
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        async with session.post(url, json=self.body(list(input), extra_body), headers=headers) as r:
+            data = await r.read()
+            if r.status >= 400:
+                raise _status_error(r.status, dict(r.headers), data, url)
+        return _message(json.loads(data))  # a body that is not JSON: retried as transient
 
     async def _agenerate(
         self,
@@ -118,12 +123,41 @@ class ChatEndpoint(BaseChatModel):
                 headers={"Authorization": f"Bearer {self.api_key}"},
             )
         if response.status_code >= 400:
-            raise _status_error(response)
+            raise _status_error(
+                response.status_code, dict(response.headers), response.content, str(response.url)
+            )
         return ChatResult(generations=[ChatGeneration(message=_message(response.json()))])
 
 
-def _status_error(response: httpx2.Response) -> openai.APIStatusError:
+class EndpointPool:
+    """One aiohttp session (a connection pool) per endpoint, shared by the models of a run,
+    opened on first use inside the run's event loop and closed when the run ends."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=0),  # as many as rows in flight need
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+
+def _status_error(
+    status: int, headers: dict[str, str], content: bytes, url: str
+) -> openai.APIStatusError:
     """The openai package's error for an HTTP error status, with the response attached."""
+    response = httpx2.Response(
+        status, headers=headers, content=content, request=httpx2.Request("POST", url)
+    )
     try:
         body: Any = response.json()
         detail = body.get("error", body) if isinstance(body, dict) else body

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 import httpx2
 import openai
@@ -63,6 +64,8 @@ def is_transient(error: BaseException) -> bool:
         return True
     if isinstance(error, httpx.TransportError | httpx2.TransportError):
         return True
+    if isinstance(error, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+        return True  # refused, reset, dropped mid-answer
     if isinstance(error, openai.APIConnectionError | openai.RateLimitError):
         return True
     if isinstance(error, openai.APIStatusError):

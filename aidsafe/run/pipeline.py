@@ -195,6 +195,7 @@ async def run_stage(stage: Stage) -> StageSummary:
             progress.stop()
         if pool is not None:
             pool.close()
+        await ctx.aclose()
         if log is not None:
             log.close()
             this_run["response_log_bytes"] = log.bytes

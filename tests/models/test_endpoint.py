@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from aidsafe.models.endpoint import ChatEndpoint, _message, _status_error
-from aidsafe.models.structured import is_transient, raw_text
+from aidsafe.models.structured import is_transient, raw_text, retry_after
 from aidsafe.testing import StubOpenAIServer
 
 
@@ -71,11 +70,11 @@ def test_tool_call_arguments_that_are_not_json_are_kept_as_text_for_the_repair()
 def test_an_http_error_is_the_openai_packages_error_with_its_response(
     status: int, transient: bool
 ) -> None:
-    request = httpx2.Request("POST", "http://x/v1/chat/completions")
-    body = json.dumps({"error": {"message": "nope"}})
-    error = _status_error(httpx2.Response(status, text=body, request=request))
+    body = json.dumps({"error": {"message": "nope"}}).encode()
+    error = _status_error(status, {"Retry-After": "3"}, body, "http://x/v1/chat/completions")
     assert isinstance(error, openai.APIStatusError) and error.status_code == status
     assert "nope" in str(error) and is_transient(error) is transient
+    assert retry_after(error) == 3.0
 
 
 async def test_a_call_against_the_stub_endpoint() -> None:
@@ -86,3 +85,4 @@ async def test_a_call_against_the_stub_endpoint() -> None:
         assert stub.requests[0]["messages"] == [{"role": "user", "content": "hi"}]
         generated = await model.agenerate([[HumanMessage(content="hi")]])  # LangChain's API too
         assert generated.generations[0][0].text == "hello there"
+        await model.aclose()
