@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from rich.console import Console
@@ -175,6 +176,31 @@ def floor_httpx(base_url: str, bodies: list[dict[str, Any]], calls: int, concurr
     cpu = time.process_time()
     asyncio.run(main())
     return time.process_time() - cpu
+
+
+def floor_rows(
+    base_url: str, bodies: list[dict[str, Any]], rows: int, calls_per_row: int, concurrency: int
+) -> float:
+    """Wall seconds of a bare aiohttp loop (the client under `backend: openai`) running `rows`
+    rows of `calls_per_row` sequential POSTs, `concurrency` rows in flight: the efficiency the
+    endpoint and this machine allow, measured beside ours."""
+
+    async def main() -> None:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def row(n: int) -> None:
+                for k in range(calls_per_row):
+                    body = bodies[(n + k) % len(bodies)]
+                    url = f"{base_url}/chat/completions"
+                    async with session.post(url, json=body) as response:
+                        json.loads(await response.read())
+
+            await _loop(rows, concurrency, row)
+
+    wall = time.perf_counter()
+    asyncio.run(main())
+    return time.perf_counter() - wall
 
 
 def written(root: Path) -> tuple[dict[str, int], int]:
@@ -447,18 +473,26 @@ def main() -> None:
                 f"\nconcurrency efficiency at {1000 * options.latency:.0f} ms latency, "
                 f"checkpoint={options.checkpoint}:"
             )
-            print(f"{'in flight':>10} {'rows':>6} {'rows/s':>8} {'ideal':>8} {'efficiency':>10}")
+            print(
+                f"{'in flight':>10} {'rows':>6} {'rows/s':>8} {'ideal':>8} {'efficiency':>10} "
+                f"{'floor':>6} {'ratio':>6}"
+            )
             for level in (int(x) for x in options.levels.split(",")):
                 rows = max(level * options.rows_per_slot, options.min_rows)
                 result = run(url, rows, level, workdir, f"c{level}", options.checkpoint)
-                calls_per_row = result["calls"] / result["rows"]
+                calls_per_row = round(result["calls"] / result["rows"])
                 ideal = level / (calls_per_row * options.latency)
                 achieved = result["rows"] / result["wall_s"]
                 efficiency[level] = achieved / ideal
+                floor = rows / floor_rows(url, bodies, rows, calls_per_row, level) / ideal
                 print(
                     f"{level:>10} {result['rows']:>6.0f} {achieved:>8.2f} {ideal:>8.2f} "
-                    f"{achieved / ideal:>10.2f}"
+                    f"{achieved / ideal:>10.2f} {floor:>6.2f} {achieved / ideal / floor:>6.2f}"
                 )
+            print(
+                "  floor: the same rows of sequential calls from a bare aiohttp loop on the same "
+                "stub; ratio = ours / floor"
+            )
         finally:
             stub.terminate()
     level = zero_levels[-1]
