@@ -1,4 +1,5 @@
-"""JSON-lines files: streaming reads, atomic rewrites, and cutting a torn last line."""
+"""JSON-lines files: streaming reads that name a damaged line, atomic rewrites, and cutting a
+torn last line."""
 
 from __future__ import annotations
 
