@@ -275,7 +275,13 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path: Path) -> 
             "--quiet",
         ]
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # a test run started in the background (`cmd &`) ignores SIGINT, and the child would
+            # inherit that: give it the default, as a terminal's Ctrl-C finds it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
         while len(read_jsonl(run / "traces.jsonl")) < 2 and time.monotonic() < deadline:
