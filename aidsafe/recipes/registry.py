@@ -46,7 +46,10 @@ def get(name: str) -> Recipe:
     try:
         return RECIPES[name]
     except KeyError:
-        raise UserError(f"recipe: unknown recipe {name!r} (known: {', '.join(names())})") from None
+        chain = f" ({name!r} is a chain of {', '.join(CHAINS[name])})" if name in CHAINS else ""
+        raise UserError(
+            f"recipe: unknown recipe {name!r}{chain} (recipes: {', '.join(RECIPES)})"
+        ) from None
 
 
 def names() -> list[str]:
