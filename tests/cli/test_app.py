@@ -229,7 +229,7 @@ def test_graph_prints_mermaid(capsys: pytest.CaptureFixture[str]) -> None:
     for edge in ("decompose_intents --> draft", "draft -.-> deliberate", "deliberate -.-> refine"):
         assert edge in out
     code, _, err = cli(capsys, "graph", "--which", "nope")
-    assert code == 2 and "unknown recipe 'nope' (known: aidsafe, baseline" in err
+    assert code == 2 and "unknown recipe 'nope' (recipes: aidsafe, baseline" in err
 
 
 def test_recipes_lists_recipes_chains_and_roles(
