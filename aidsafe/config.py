@@ -240,9 +240,8 @@ class RunConfig(BaseSettings):
         """The role's model: defaults < `default` < role family (`deliberator`) < the role.
         `temperature`: the role's default, used when no layer sets one."""
         layers = [self.models.get("default")]
-        family = role.rsplit("_", 1)[0] if role.rsplit("_", 1)[-1].isdigit() else role
-        if family != role:
-            layers.append(self.models.get(family))
+        if role_family(role) != role:
+            layers.append(self.models.get(role_family(role)))
         layers.append(self.models.get(role))
         merged: dict[str, Any] = {}
         for layer in layers:
@@ -251,6 +250,13 @@ class RunConfig(BaseSettings):
         if merged.get("temperature") is None:
             merged["temperature"] = temperature
         return ModelConfig.model_validate(merged)
+
+
+def role_family(role: str) -> str:
+    """The family a numbered role name belongs to (`deliberator_2` -> `deliberator`); any
+    other role is its own family."""
+    base, _, number = role.rpartition("_")
+    return base if base and number.isdigit() else role
 
 
 def fingerprint(data: dict[str, Any]) -> str:

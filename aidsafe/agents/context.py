@@ -42,11 +42,6 @@ class Role:
         return [f"{self.name}_{n}" for n in range(1, count + 1)]
 
 
-def family(role: str) -> str:
-    """The family a numbered role name may belong to (`deliberator_2` -> `deliberator`)."""
-    return role.rsplit("_", 1)[0] if role.rsplit("_", 1)[-1].isdigit() else role
-
-
 @dataclass
 class RunContext:
     """The resolved models, prompts and settings of one run's roles."""

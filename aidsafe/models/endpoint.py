@@ -65,6 +65,14 @@ class ChatEndpoint(BaseChatModel):
     async def aclose(self) -> None:
         await self._pool().aclose()
 
+    @property
+    def url(self) -> str:
+        return f"{self.base_url.rstrip('/')}/chat/completions"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
     def body(self, messages: list[BaseMessage], extra: dict[str, Any] | None) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": self.model,
@@ -90,13 +98,12 @@ class ChatEndpoint(BaseChatModel):
     ) -> AIMessage:
         """One chat completion; `extra_body` joins the request as it is (response_format,
         tools, tool_choice: see aidsafe.models.structured)."""
-        url = f"{self.base_url.rstrip('/')}/chat/completions"
         session = self._pool().session()
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        async with session.post(url, json=self.body(list(input), extra_body), headers=headers) as r:
+        body = self.body(list(input), extra_body)
+        async with session.post(self.url, json=body, headers=self.headers) as r:
             data = await r.read()
             if r.status >= 400:
-                raise _status_error(r.status, dict(r.headers), data, url)
+                raise _status_error(r.status, dict(r.headers), data, self.url)
         return _message(json.loads(data))  # a body that is not JSON: retried as transient
 
     async def _agenerate(
@@ -116,15 +123,13 @@ class ChatEndpoint(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        """The synchronous LangChain API (`invoke`), outside any run's event loop."""
+        body = self.body(messages, kwargs.get("extra_body"))
         with httpx2.Client(timeout=self.timeout) as client:
-            response = client.post(
-                f"{self.base_url.rstrip('/')}/chat/completions",
-                json=self.body(messages, kwargs.get("extra_body")),
-                headers={"Authorization": f"Bearer {self.api_key}"},
-            )
+            response = client.post(self.url, json=body, headers=self.headers)
         if response.status_code >= 400:
             raise _status_error(
-                response.status_code, dict(response.headers), response.content, str(response.url)
+                response.status_code, dict(response.headers), response.content, self.url
             )
         return ChatResult(generations=[ChatGeneration(message=_message(response.json()))])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -72,7 +73,7 @@ def prompt_digest(prompt: RolePrompt) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class Recipe:
+class Recipe(ABC):
     """Base of every recipe; subclasses set the class attributes and implement `graph` and
     `finish`. Instances hold at most their settings (picklable), so they travel to Ray workers."""
 
@@ -86,14 +87,15 @@ class Recipe:
     archive_group: ClassVar[str] = "run"  # the run-directory files --force moves aside
     declared_roles: ClassVar[tuple[Role, ...]] = ()
     settings_sections: ClassVar[tuple[str, ...]] = ()  # RunConfig sections it reads
-    thread_prefix: ClassVar[str] = ""  # keeps its checkpoint threads apart from other recipes'
+    thread_prefix: ClassVar[str] = ""  # keeps its response-log threads apart from others'
 
     def roles(self, config: RunConfig) -> dict[str, Role]:
         """Every role the graph calls under `config`, by the name it is called with."""
         return called_roles(self.declared_roles)
 
+    @abstractmethod
     def graph(self) -> RecipeGraph:
-        raise NotImplementedError
+        """The recipe's LangGraph graph, its nodes reading a RunContext."""
 
     def recursion_limit(self, config: RunConfig) -> int:
         return 25
@@ -106,8 +108,9 @@ class Recipe:
         """A done row of an accepted recipe as an item (recipes that consume rows)."""
         return PromptRow(index, row["id"], row["prompt"], fields={"row": row}, has_id=True)
 
+    @abstractmethod
     def finish(self, state: dict[str, Any], ctx: RunContext) -> Done | Rejected:
-        raise NotImplementedError
+        """A final state as a done record (and its derived rows), or a rejection."""
 
     def failed(self, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
         """The failures-ledger line of an item that ended without a result (`failure`: the

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aidsafe.agents.context import Role, RunContext, build_context, family
+from aidsafe.agents.context import Role, RunContext, build_context
 from aidsafe.agents.grader import GRADER
 from aidsafe.agents.judge import JUDGE
-from aidsafe.config import RunConfig
+from aidsafe.config import RunConfig, role_family
 from aidsafe.config import load_config as load_settings
 from aidsafe.errors import UserError
 from aidsafe.prompts import load_prompts
@@ -92,7 +92,7 @@ def check_config(config: RunConfig, source: str = "configuration") -> None:
     numbered = sorted(name for name, role in roles.items() if role.numbered)
     known = ", ".join(["default", *sorted(roles), *(f"{n}_N" for n in numbered)])
     for name in config.models:
-        base = family(name)
+        base = role_family(name)
         valid = name in ("default", *roles) or (
             base in roles and roles[base].numbered and int(name.rsplit("_", 1)[1]) > 0
         )

@@ -85,4 +85,6 @@ async def test_a_call_against_the_stub_endpoint() -> None:
         assert stub.requests[0]["messages"] == [{"role": "user", "content": "hi"}]
         generated = await model.agenerate([[HumanMessage(content="hi")]])  # LangChain's API too
         assert generated.generations[0][0].text == "hello there"
+        assert model.invoke([HumanMessage(content="hi")]).content == "hello there"  # sync API
+        assert len(stub.requests) == 3
         await model.aclose()
