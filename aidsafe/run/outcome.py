@@ -29,10 +29,15 @@ class Outcome:
     replayed: int = 0  # answers served from the response log
 
 
+def threads_of(recipe: Recipe, digest: str) -> str:
+    """What every thread of a recipe's stage under one configuration starts with: answers
+    logged under another configuration (before --force) are never served to this one."""
+    return f"{recipe.thread_prefix}{digest[:16]}:"
+
+
 def thread_id(recipe: Recipe, digest: str, item: PromptRow) -> str:
-    """An item's thread in the response log, per recipe and configuration: answers logged under
-    another configuration (before --force) are never served to this one."""
-    return f"{recipe.thread_prefix}{digest[:16]}:{item.id}"
+    """An item's thread in the response log."""
+    return threads_of(recipe, digest) + item.id
 
 
 def _internal_error(error: BaseException) -> StageFailed:

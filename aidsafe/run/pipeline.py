@@ -33,7 +33,7 @@ from aidsafe.records import Reason, failure_record
 from aidsafe.run.directory import RESPONSES, SFT_SELECTED, RunDirectory, text_digest
 from aidsafe.run.driver import Tally, drive, progress_display
 from aidsafe.run.engine import Engine
-from aidsafe.run.outcome import Outcome, item_outcome, thread_id
+from aidsafe.run.outcome import Outcome, item_outcome, thread_id, threads_of
 from aidsafe.run.select import select_subset
 
 PACKAGES = (
@@ -185,7 +185,7 @@ async def run_stage(stage: Stage) -> StageSummary:
         await _guarded(drive(items, in_flight, process, tally), run, recipe)
         if log is not None:  # every row ended: keep only what --retry-failed can reuse
             retryable = set() if ledger.failures == ledger.done else run.ids(ledger.failures)
-            prefix = thread_id(recipe, digest, PromptRow(0, "", None))
+            prefix = threads_of(recipe, digest)
             log.compact(lambda thread: thread.removeprefix(prefix) in retryable)
     except (asyncio.CancelledError, KeyboardInterrupt):
         summary.interrupted = True
@@ -244,7 +244,7 @@ def _response_log(
             if stale.match(path.name):
                 path.unlink()
     log = ResponseLog(directory, name)
-    prefix = thread_id(recipe, digest, PromptRow(0, "", None))
+    prefix = threads_of(recipe, digest)
 
     def wanted(thread: str) -> bool:
         return thread.startswith(prefix) and thread[len(prefix) :] not in finished
