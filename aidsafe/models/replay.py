@@ -30,10 +30,13 @@ LATENCY = "aidsafe_latency_s"  # response_metadata key: the logged latency of an
 class ResponseLog:
     """One process's append-only log file of a stage (`<prefix>-<host>-<pid>.jsonl`)."""
 
-    def __init__(self, directory: Path, prefix: str) -> None:
+    def __init__(self, directory: Path, prefix: str, group: str = "") -> None:
         self.directory = directory
         self.prefix = prefix
-        self.path = directory / f"{prefix}-{socket.gethostname()}-{os.getpid()}.jsonl"
+        # `group` names the files of one set of processes (a Ray pool's workers), which
+        # `files(group)` finds again; every file still belongs to the stage's log
+        where = f"{group}-" if group else ""
+        self.path = directory / f"{prefix}-{where}{socket.gethostname()}-{os.getpid()}.jsonl"
         self._handle: TextIO | None = None
         self.bytes = 0
 
@@ -51,17 +54,22 @@ class ResponseLog:
             self._handle.close()
             self._handle = None
 
-    def files(self) -> list[Path]:
-        """Every log file of this stage, from any process (a worker's or an earlier run's)."""
+    def files(self, group: str = "") -> list[Path]:
+        """Every log file of this stage, from any process (a worker's or an earlier run's), or
+        only those of one `group` of processes."""
         if not self.directory.is_dir():
             return []
-        return sorted(self.directory.glob(f"{self.prefix}-*.jsonl"))
+        where = f"{group}-" if group else ""
+        return sorted(self.directory.glob(f"{self.prefix}-{where}*.jsonl"))
 
-    def load(self, wanted: Callable[[str], bool]) -> dict[str, dict[str, dict[str, Any]]]:
-        """thread -> request key -> logged answer, for the threads `wanted` accepts. A torn last
-        line (a process killed mid-write) is skipped: its request is simply sent again."""
+    def load(
+        self, wanted: Callable[[str], bool], group: str = ""
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """thread -> request key -> logged answer, for the threads `wanted` accepts (from one
+        `group`'s files only, if given). A torn last line (a process killed mid-write) is
+        skipped: its request is simply sent again."""
         answers: dict[str, dict[str, dict[str, Any]]] = {}
-        for entry in _entries(self.files()):
+        for entry in _entries(self.files(group)):
             if wanted(entry["thread"]):
                 answers.setdefault(entry["thread"], {})[entry["key"]] = entry
         return answers

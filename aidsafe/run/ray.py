@@ -7,13 +7,13 @@ see the usual layout. Each worker is a Ray actor holding its own model clients (
 compatible endpoint, or its own in-process vLLM engine on its GPU) and the recipe's graph, and
 runs up to `concurrency` rows at once on its own event loop.
 
-A worker that dies (killed, out of memory, node lost) is restarted by Ray, which resubmits the
-rows it had in flight (actor `max_task_retries`); they start again from the beginning. Each
-worker appends the answers it gets to its own file of the run's response log; where the run
-directory is on storage the driver shares (one machine, or a shared filesystem), the next run of
-the command serves them, so a row killed with its worker repeats no finished call then. A row
-whose worker keeps dying is recorded as failed (`worker_lost`), so no row is lost either way;
-`--retry-failed` runs it again."""
+Each worker appends the answers it gets to its own file of the run's response log. A worker that
+dies (killed, out of memory, node lost) is restarted by Ray, and the driver sends each row it
+had in flight again, with the answers the dead worker logged for it: where the run directory is
+on storage the driver shares (one machine, or a shared filesystem), the row continues from its
+last answered call, in this run, and no finished call is sent again; elsewhere it starts from
+the beginning. A row whose worker keeps dying is recorded as failed (`worker_lost`), so no row
+is lost either way; `--retry-failed` runs it again."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,10 @@ from aidsafe.models.replay import ResponseLog
 from aidsafe.policies import PolicySet
 from aidsafe.recipes.base import Recipe
 from aidsafe.records import Reason, failure_record
-from aidsafe.run.outcome import Outcome, item_outcome
+from aidsafe.run.outcome import Outcome, item_outcome, thread_id
 
 INSTALL_HINT = "install it with: pip install 'aidsafe[ray]'"
-# Times Ray resubmits a row whose worker died before the row is recorded as `worker_lost`.
+# Times the driver sends again a row whose worker died before it is recorded as `worker_lost`.
 ROW_RETRIES = 3
 
 
@@ -74,7 +75,7 @@ class RecipeWorker:
         policies: PolicySet,
         digest: str,
         scripted: dict[str, Any],
-        log: tuple[str, str] | None,
+        log: tuple[str, str, str] | None,
         keys: dict[str, str],
     ) -> None:
         from aidsafe.agents.context import build_context
@@ -92,7 +93,7 @@ class RecipeWorker:
         self.graph = recipe.graph().compile(name=recipe.name)
         # this worker's own file of the run's response log (where the run directory is shared
         # storage, as on one machine, the driver serves its answers on the next run)
-        self.log = ResponseLog(Path(log[0]), log[1]) if log is not None else None
+        self.log = ResponseLog(Path(log[0]), log[1], log[2]) if log is not None else None
 
     def pid(self) -> int:
         return os.getpid()
@@ -201,7 +202,7 @@ class RayPool:
         actor = ray.remote(RecipeWorker).options(
             max_concurrency=config.concurrency,
             max_restarts=-1,
-            max_task_retries=ROW_RETRIES,
+            max_task_retries=0,  # the driver sends a lost row again itself, with its answers
             **resources,
         )
         data = config.model_dump(mode="json")
@@ -210,7 +211,11 @@ class RayPool:
             for role in roles
             if config.model_for(role).backend == "scripted"
         )
-        where = (str(log.directory), log.prefix) if log is not None else None
+        # the workers' log files, found again by this group name when a worker dies
+        self.group = f"ray{uuid.uuid4().hex[:8]}"
+        self.log = log
+        self.digest = digest
+        where = (str(log.directory), log.prefix, self.group) if log is not None else None
         keys = worker_env(config, roles)
         self.workers: list[Any] = [
             actor.remote(recipe, data, policies, digest, scripted, where, keys)
@@ -229,27 +234,43 @@ class RayPool:
         return list(ray.get([worker.pid.remote() for worker in self.workers]))
 
     async def submit(self, item: PromptRow, answers: dict[str, Any] | None = None) -> Outcome:
-        """The worker's Outcome for `item`. A worker lost for good, or an error the worker could
-        not turn into a row, gives a failure record: the run goes on."""
+        """The worker's Outcome for `item`. A row whose worker died goes again, to a live or
+        restarted worker, with what the dead one logged; a worker lost for good, or an error
+        the worker could not turn into a row, gives a failure record: the run goes on."""
         from ray.exceptions import RayActorError, RayTaskError
 
-        try:
+        for _ in range(ROW_RETRIES + 1):
             # the least busy worker: no item queues behind others on one worker while another
             # has a free slot, so a worker's death takes only the items it was running
             worker = min(range(len(self.workers)), key=self._load.__getitem__)
             self._load[worker] += 1
             try:
                 return await self.workers[worker].run.remote(item, answers)
+            except RayActorError as error:
+                lost = error
+                answers = self.logged(item, answers)
+            except RayTaskError as error:
+                detail = f"the Ray worker failed on this row: {str(error).splitlines()[0][:500]}"
+                failure = failure_record(
+                    item.id, item.index, item.prompt, "worker", Reason.INTERNAL_ERROR, detail
+                )
+                return Outcome(False, 0, self.recipe.failed(item, failure))
             finally:
                 self._load[worker] -= 1
-        except RayActorError as error:
-            detail = f"the Ray worker died {ROW_RETRIES + 1} times running this row: {error}"
-            reason = Reason.WORKER_LOST
-        except RayTaskError as error:
-            detail = f"the Ray worker failed on this row: {str(error).splitlines()[0][:500]}"
-            reason = Reason.INTERNAL_ERROR
-        failure = failure_record(item.id, item.index, item.prompt, "worker", reason, detail)
+        detail = f"the Ray worker died {ROW_RETRIES + 1} times running this row: {lost}"
+        failure = failure_record(
+            item.id, item.index, item.prompt, "worker", Reason.WORKER_LOST, detail
+        )
         return Outcome(False, 0, self.recipe.failed(item, failure))
+
+    def logged(self, item: PromptRow, answers: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The answers a row had, with those this pool's workers logged for it since (a dead
+        worker's file is read from the run directory, where it is shared storage)."""
+        if self.log is None:
+            return answers
+        thread = thread_id(self.recipe, self.digest, item)
+        fresh = self.log.load(thread.__eq__, self.group).get(thread, {})
+        return {**(answers or {}), **fresh} if fresh else answers
 
     def close(self) -> None:
         import ray

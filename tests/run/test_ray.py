@@ -26,7 +26,7 @@ from aidsafe.run.directory import RunDirectory
 from aidsafe.run.engine import Engine
 from aidsafe.run.pipeline import StageSummary, generate, make_pairs
 from aidsafe.testing import StubOpenAIServer
-from tests.conftest import INTENTS, make_config, read_jsonl, scripted, write_prompts
+from tests.conftest import DRAFT, INTENTS, make_config, read_jsonl, scripted, write_prompts
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="ray not installed (pip install -e '.[ray]')"
@@ -165,6 +165,48 @@ def test_a_worker_killed_mid_run_loses_no_row_and_duplicates_none(
     assert [f["reason"] for f in failed] == []  # Ray restarted the worker and reran its rows
     assert summary.done_now == rows
     assert len(read_jsonl(tmp_path / "run" / "sft.jsonl")) == rows
+
+
+class CountingDecomposer:
+    """A decomposer that notes each prompt it is asked about in a file (workers are other
+    processes), so a test can count the calls the whole run made."""
+
+    def __init__(self, calls: Path) -> None:
+        self.calls = calls
+
+    def __call__(self, messages: list[Any]) -> dict[str, Any]:
+        with self.calls.open("a") as handle:
+            handle.write(messages[-1].text.splitlines()[-1] + "\n")
+        return INTENTS
+
+
+class KillOnceDrafting:
+    """A drafter that kills its worker the first time it drafts for the poisoned prompt."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self, messages: list[Any]) -> dict[str, Any]:
+        if "poison" in messages[-1].text and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return DRAFT
+
+
+def test_a_row_whose_worker_dies_continues_from_its_last_answer_in_the_same_run(
+    tmp_path: Path, ray_instance: None
+) -> None:
+    calls = tmp_path / "decomposer-calls.txt"
+    prompts = write_prompts(tmp_path / "p.jsonl", ["prompt 0", "poison 1", "prompt 2"])
+    models = scripted(
+        decomposer=[CountingDecomposer(calls)], drafter=[KillOnceDrafting(tmp_path / "killed")]
+    )
+    summary = run(tmp_path, "run", prompts, make_config(scripted=models), Engine(workers=2))
+    assert (tmp_path / "killed").exists(), "the worker was killed after the row's first answer"
+    assert (summary.done_now, summary.failed_now) == (3, 0)
+    # the dead worker had logged the poisoned row's intents: the row went on from its draft
+    asked = calls.read_text().splitlines()
+    assert sorted(asked) == sorted(set(asked)) and len(asked) == 3, asked
 
 
 def kill_worker_on_poison(messages: list[Any]) -> dict[str, Any]:
