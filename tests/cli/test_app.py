@@ -2,6 +2,7 @@
 path ending in exit code 2 with one readable message."""
 
 import json
+import os
 import socket
 import sys
 from pathlib import Path
@@ -566,3 +567,25 @@ def test_grade_compare_filter_over_http(
         capsys, "filter", str(tmp_path / "aidsafe"), "--min", "1", "--metric", "coherence"
     )
     assert code == 0 and "Kept 2 rows" in out
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "sysfs", "read_only"])
+def test_an_out_that_cannot_be_created_or_written_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, where: str
+) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["a"])
+    if where == "under_a_file":
+        (tmp_path / "file").write_text("")
+        out = tmp_path / "file" / "run"
+    elif where == "sysfs":  # the kernel refuses any new directory there, root included
+        out = Path("/sys/aidsafe-run")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only directory; the sysfs case covers root")
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out = tmp_path / "ro" / "run"
+    code, _, err = cli(capsys, "generate", str(prompts), "--out", str(out))
+    assert code == 2
+    assert f"{out}: cannot use this run directory" in err
+    assert "Traceback" not in err
+    assert not out.exists()
