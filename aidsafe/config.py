@@ -18,6 +18,29 @@ Backend = Literal["local", "openai", "vllm", "scripted"]
 StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
 
 
+class Price(BaseModel):
+    """What a model's tokens cost, in US dollars per million tokens. aidsafe ships no prices
+    (they change): copy them from your provider's price page."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0, description="USD per million input (prompt) tokens.")
+    output: float = Field(ge=0, description="USD per million output (completion) tokens.")
+    cached_input: float | None = Field(
+        None,
+        ge=0,
+        description="USD per million input tokens the provider served from its prompt cache "
+        "(unset: the input price).",
+    )
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+        """The price of one call's tokens."""
+        cached = min(cached_tokens, input_tokens)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        usd = (input_tokens - cached) * self.input + cached * cached_price
+        return (usd + output_tokens * self.output) / 1_000_000
+
+
 class ModelConfig(BaseModel):
     """How to reach and sample one chat model. Every field is optional in a config file; unset
     fields are inherited from `models.default`, then from the defaults below."""
@@ -82,10 +105,30 @@ class ModelConfig(BaseModel):
         "comes first in every prompt, so most prompt tokens are reused).",
     )
 
+    price: Price | None = Field(
+        None,
+        description="What this model's tokens cost (USD per million); with it, cost is recorded "
+        "per call, role, row and run, and `--max-cost` can cap a run.",
+    )
+    requests_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="`openai` only: most requests per minute to this model at its endpoint, "
+        "shared by every role using it (split evenly across Ray workers).",
+    )
+    tokens_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="`openai` only: most tokens (input + output) per minute to this model at "
+        "its endpoint, shared like `requests_per_minute`.",
+    )
+
     def provenance(self) -> dict[str, Any]:
         """What a row records about its model: everything but credentials and plumbing (engine
-        sizing does not change what the model says; dtype does)."""
+        sizing does not change what the model says; dtype does; neither do prices and rate
+        limits)."""
         plumbing = {"api_key_env", "timeout", "max_retries", "retry_wait", "n_threads"}
+        plumbing |= {"price", "requests_per_minute", "tokens_per_minute"}
         plumbing |= {"max_num_seqs", "gpu_memory_utilization", "tensor_parallel_size"}
         plumbing.add("enable_prefix_caching")
         if self.backend != "vllm":
@@ -229,6 +272,18 @@ class RunConfig(BaseSettings):
         description="Times a malformed answer is sent back for repair before the row fails.",
     )
     concurrency: int = Field(4, ge=1, description="Prompts in flight at once.")
+    max_cost: float | None = Field(
+        None,
+        gt=0,
+        description="Budget in USD for the run directory, all commands and resumes together "
+        "(needs `price` on the models): no new row starts once the cost so far plus the "
+        "projected cost of the rows in flight would pass it.",
+    )
+    token_budget: int | None = Field(
+        None,
+        gt=0,
+        description="Budget in tokens (input + output) for the run directory, as `max_cost`.",
+    )
     checkpoint: Literal["step", "row"] = Field(
         "step",
         description="`step`: every model answer goes to the run's response log as it arrives, "

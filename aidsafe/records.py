@@ -80,6 +80,12 @@ def total_tokens(calls: Iterable[Mapping[str, Any]]) -> int:
     return sum(tokens(calls).values())
 
 
+def cost(calls: Iterable[Mapping[str, Any]]) -> float | None:
+    """What a list of call records cost (None when no call had a price)."""
+    prices = [call["cost_usd"] for call in calls if call.get("cost_usd") is not None]
+    return round(sum(prices), 8) if prices else None
+
+
 def provenance(
     policy_set: Mapping[str, Any], models: Mapping[str, Any], calls: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -90,6 +96,7 @@ def provenance(
         "models": dict(models),
         "calls": calls,
         "tokens": tokens(calls),
+        **({"cost_usd": spent} if (spent := cost(calls)) is not None else {}),
         "latency_s": round(sum(c.get("latency_s", 0.0) for c in calls), 4),
         "aidsafe_version": __version__,
     }

@@ -52,6 +52,20 @@ ApiKeyEnvOption = Annotated[
     str | None, typer.Option(help="Env var holding the API key (default: OPENAI_API_KEY).")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+MaxCostOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-cost",
+        min=0,
+        help="Budget in USD for the run directory (needs model prices): no new row starts "
+        "once it would be passed; exit code 3.",
+    ),
+]
+TokenBudgetOption = Annotated[
+    int | None,
+    typer.Option("--token-budget", min=1, help="Budget in tokens (input + output), as --max-cost."),
+]
+BUDGET_REACHED = 3  # exit code: a budget stopped the run; raise it and run again to continue
 EngineOption = Annotated[
     str,
     typer.Option(help="local: rows run in this process. ray: rows spread over Ray workers."),
@@ -125,6 +139,8 @@ def generate(
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
     quiet: QuietOption = False,
+    max_cost: MaxCostOption = None,
+    token_budget: TokenBudgetOption = None,
 ) -> None:
     """Run a recipe over prompts and write traces, SFT rows, failures and a manifest."""
     from aidsafe.inputs import PromptSource
@@ -137,6 +153,8 @@ def generate(
         "policies": policies,
         "concurrency": concurrency,
         "input": {"prompt_field": prompt_field, "id_field": id_field, "split": split},
+        "max_cost": max_cost,
+        "token_budget": token_budget,
         **_model_overrides(backend, model, base_url, api_key_env, temperature, max_tokens),
     }
     settings = load_config(config, overrides)
@@ -170,6 +188,8 @@ def generate(
         print_stage(stage)
         if stage is result.stages[0] and result.selected is not None:
             out.print(f"Selected {result.selected[0]} rows into {escape(result.selected[1])}")
+    if result.stages[-1].budget_reached:
+        raise typer.Exit(BUDGET_REACHED)
 
 
 def _model_overrides(
@@ -262,6 +282,8 @@ def dpo(
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
     quiet: QuietOption = False,
+    max_cost: MaxCostOption = None,
+    token_budget: TokenBudgetOption = None,
 ) -> None:
     """Make DPO pairs from an existing run's finished rows, without regenerating them."""
     from aidsafe.recipes.registry import load_config
@@ -275,6 +297,8 @@ def dpo(
     overrides: dict[str, Any] = {
         "policies": policies or manifest.get("policy_set", {}).get("path"),
         "concurrency": concurrency,
+        "max_cost": max_cost,
+        "token_budget": token_budget,
         **_model_overrides(backend, model, base_url, api_key_env, temperature, max_tokens),
     }
     settings = load_config(config, overrides)
@@ -296,6 +320,8 @@ def dpo(
     if summary.archived:
         err.print(f"Earlier pairs moved to {summary.archived}")
     print_stage(summary)
+    if summary.budget_reached:
+        raise typer.Exit(BUDGET_REACHED)
 
 
 @app.command()

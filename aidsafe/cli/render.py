@@ -59,9 +59,14 @@ def print_stage(summary: Any) -> None:
     for reason, count in totals["failed_by_reason"].items():
         table.add_row(f"  failed: {reason}", str(count))
     for role, tokens in totals["tokens_by_role"].items():
+        cost = f", ${tokens['cost_usd']:,.4f}" if "cost_usd" in tokens else ""
         table.add_row(
             f"  tokens: {role}",
-            f"{tokens['input']:,} in / {tokens['output']:,} out ({tokens['calls']} calls)",
+            f"{tokens['input']:,} in / {tokens['output']:,} out ({tokens['calls']} calls{cost})",
+        )
+    if "cost_usd" in totals:
+        table.add_row(
+            "cost this run / in directory", f"${summary.cost_now:,.4f} / ${totals['cost_usd']:,.4f}"
         )
     for name, value in statistics_rows(summary.statistics):
         table.add_row(name, value)
@@ -71,6 +76,19 @@ def print_stage(summary: Any) -> None:
         f"{name} ({FILE_NOTES[name]})" if name in FILE_NOTES else name for name in summary.ledger
     )
     out.print(f"Outputs in [bold]{escape(summary.out)}[/]: {files}, manifest.json")
+    if summary.budget_reached:
+        budget = summary.budget
+        spent = []
+        if budget.max_cost is not None:
+            spent.append(f"${budget.cost:,.4f} of the ${budget.max_cost:,.4f} budget")
+        if budget.max_tokens is not None:
+            spent.append(f"{budget.tokens:,} of the {budget.max_tokens:,} token budget")
+        err.print(
+            f"[yellow]Budget reached:[/] {' and '.join(spent)} spent in {escape(summary.out)}; "
+            "rows in flight finished, no new row started. Raise --max-cost / --token-budget "
+            "and run the same command again to continue.",
+            soft_wrap=True,
+        )
     if totals["failed_by_reason"].get("endpoint_error"):
         out.print("Some rows hit endpoint errors; re-run with --retry-failed to try them again.")
 

@@ -112,6 +112,7 @@ class Replay:
     seen: dict[str, int] = field(default_factory=dict)  # request hash -> times asked so far
     served: int = 0  # answers taken from the log
     live_tokens: int = 0  # tokens of the answers this process asked for
+    live_cost: float = 0.0  # what they cost, where the models have prices
 
     def key(self, request: str) -> str:
         """The request's key in this row: its hash and its rank among identical requests.
@@ -127,9 +128,10 @@ class Replay:
         self.served += 1
         return messages_from_dict([entry["message"]])[0]
 
-    def record(self, key: str, stage: str, message: BaseMessage) -> None:
+    def record(self, key: str, stage: str, message: BaseMessage, cost: float = 0.0) -> None:
         usage = getattr(message, "usage_metadata", None) or {}
         self.live_tokens += int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+        self.live_cost += cost
         if self.log is not None:
             entry = {"thread": self.thread, "key": key, "stage": stage}
             self.log.append(entry | {"message": message_to_dict(message)})

@@ -191,9 +191,13 @@ class CallRecord:
     output_tokens: int
     latency_s: float
     ok: bool
+    cost_usd: float | None = None  # where the model has a price
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        record = dict(self.__dict__)
+        if self.cost_usd is None:
+            del record["cost_usd"]
+        return record
 
     @classmethod
     def of(
@@ -222,7 +226,22 @@ class CallRecord:
             output_tokens=int(usage.get("output_tokens", 0)),
             latency_s=round(latency, 4),
             ok=ok,
+            cost_usd=call_cost(message, config),
         )
+
+
+def call_cost(message: Any, config: ModelConfig) -> float | None:
+    """What one answer cost at the model's configured price (None without a price)."""
+    if config.price is None:
+        return None
+    usage = dict(getattr(message, "usage_metadata", None) or {})
+    cached = (usage.get("input_token_details") or {}).get("cache_read", 0)
+    return round(
+        config.price.cost(
+            int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)), int(cached)
+        ),
+        8,
+    )
 
 
 def structured_method(config: ModelConfig) -> str | None:
@@ -351,7 +370,7 @@ async def invoke_with_backoff(
     if isinstance(answer, BaseMessage):
         answer.response_metadata[LATENCY] = round(time.perf_counter() - started, 4)
         if replay is not None:
-            replay.record(key, stage, answer)
+            replay.record(key, stage, answer, call_cost(answer, config) or 0.0)
     return answer
 
 

@@ -333,7 +333,7 @@ class RunDirectory:
     ) -> dict[str, Any]:
         """Counts and token totals of one ledger over the whole directory, resumed runs
         included. In a ledger that holds both (judgments), `reason_of` tells failures."""
-        tokens: dict[str, dict[str, int]] = {}
+        tokens: dict[str, dict[str, Any]] = {}
         reasons: Counter[str] = Counter()
         done = 0
 
@@ -343,6 +343,8 @@ class RunDirectory:
                 entry["calls"] += 1
                 entry["input"] += call.get("input_tokens", 0)
                 entry["output"] += call.get("output_tokens", 0)
+                if call.get("cost_usd") is not None:
+                    entry["cost_usd"] = round(entry.get("cost_usd", 0.0) + call["cost_usd"], 8)
 
         for row in read_jsonl(self.path(done_file)):
             reason = reason_of(row) if failures_file == done_file else None
@@ -355,9 +357,23 @@ class RunDirectory:
             for failure in read_jsonl(self.path(failures_file)):
                 reasons[failure["reason"]] += 1
                 add_calls(failure.get("calls", []))
+        costs = [entry["cost_usd"] for entry in tokens.values() if "cost_usd" in entry]
         return {
             "done": done,
             "failed": sum(reasons.values()),
             "failed_by_reason": dict(sorted(reasons.items())),
             "tokens_by_role": tokens,
+            **({"cost_usd": round(sum(costs), 8)} if costs else {}),
         }
+
+    def spent(self, ledgers: Iterable[str]) -> tuple[float, int, int]:
+        """Cost (USD), tokens and rows recorded so far in `ledgers`, done and failed rows
+        alike: what a budget has used in this directory, over every earlier run."""
+        usd, tokens, rows = 0.0, 0, 0
+        for name in dict.fromkeys(ledgers):
+            for row in read_jsonl(self.path(name)):
+                rows += 1
+                for call in row.get("calls") or row.get("metadata", {}).get("calls", []):
+                    usd += call.get("cost_usd") or 0.0
+                    tokens += call.get("input_tokens", 0) + call.get("output_tokens", 0)
+        return usd, tokens, rows

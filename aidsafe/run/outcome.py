@@ -27,6 +27,7 @@ class Outcome:
     record: dict[str, Any]  # done record, or failure record
     derived: list[dict[str, Any]] = field(default_factory=list)
     replayed: int = 0  # answers served from the response log
+    cost: float = 0.0  # what this item's new answers cost, where the models have prices
 
 
 def threads_of(recipe: Recipe, digest: str) -> str:
@@ -87,7 +88,14 @@ async def item_outcome(
             failure.raw,
             [*state.get("calls", []), *failure.calls],
         )
-        return Outcome(False, replay.live_tokens, recipe.failed(item, record), [], replay.served)
+        return Outcome(
+            False,
+            replay.live_tokens,
+            recipe.failed(item, record),
+            [],
+            replay.served,
+            replay.live_cost,
+        )
     except Exception as error:  # a bug or an unexpected library error: keep the run going
         bug = _internal_error(error)
         record = failure_record(
@@ -100,9 +108,18 @@ async def item_outcome(
             None,
             state.get("calls", []),
         )
-        return Outcome(False, replay.live_tokens, recipe.failed(item, record), [], replay.served)
+        return Outcome(
+            False,
+            replay.live_tokens,
+            recipe.failed(item, record),
+            [],
+            replay.served,
+            replay.live_cost,
+        )
     finally:
         current.reset(token)
     if isinstance(result, Done):
-        return Outcome(True, replay.live_tokens, result.record, result.derived, replay.served)
-    return Outcome(False, replay.live_tokens, result.record, [], replay.served)
+        return Outcome(
+            True, replay.live_tokens, result.record, result.derived, replay.served, replay.live_cost
+        )
+    return Outcome(False, replay.live_tokens, result.record, [], replay.served, replay.live_cost)

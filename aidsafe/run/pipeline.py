@@ -19,7 +19,7 @@ from typing import Any, Literal
 from rich.console import Console
 
 from aidsafe import __version__
-from aidsafe.agents.context import build_context, resolve_models
+from aidsafe.agents.context import RunContext, build_context, resolve_models
 from aidsafe.config import RunConfig, fingerprint
 from aidsafe.errors import RunFailed, UserError
 from aidsafe.inputs import PromptRow, PromptSource
@@ -31,7 +31,7 @@ from aidsafe.recipes import registry
 from aidsafe.recipes.base import Recipe
 from aidsafe.records import Reason, failure_record
 from aidsafe.run.directory import RESPONSES, SFT_SELECTED, RunDirectory, text_digest
-from aidsafe.run.driver import Tally, drive, progress_display
+from aidsafe.run.driver import Budget, Tally, drive, progress_display
 from aidsafe.run.engine import Engine
 from aidsafe.run.outcome import Outcome, item_outcome, thread_id, threads_of
 from aidsafe.run.select import select_subset
@@ -68,6 +68,12 @@ class StageSummary:
     archived: str | None = None
     totals: dict[str, Any] = field(default_factory=dict)
     statistics: dict[str, Any] = field(default_factory=dict)
+    cost_now: float = 0.0  # USD this run's new answers cost, where the models have prices
+    budget: Budget | None = None  # --max-cost / --token-budget, and whether it was reached
+
+    @property
+    def budget_reached(self) -> bool:
+        return self.budget is not None and self.budget.reached
 
 
 @dataclass
@@ -102,6 +108,7 @@ async def run_stage(stage: Stage) -> StageSummary:
     policies = load_policies(config.policies)
     ctx = build_context(config, recipe.roles(config), policies)
     preflight(ctx.model_configs)
+    _check_prices(ctx)
     settings = recipe.fingerprint_data(ctx) | {"source": stage.source}
     digest = fingerprint(settings)
     summary = StageSummary(recipe.name, str(run.root), ledger.files, stage.total)
@@ -169,7 +176,7 @@ async def run_stage(stage: Stage) -> StageSummary:
             else:
                 run.append(ledger.failures, outcome.record)
 
-        async def process(item: PromptRow) -> tuple[bool, int]:
+        async def process(item: PromptRow) -> tuple[bool, int, float]:
             logged = answers.pop(thread_id(recipe, digest, item), None)
             if pool is not None:
                 outcome = await pool.submit(item, logged)
@@ -177,12 +184,13 @@ async def run_stage(stage: Stage) -> StageSummary:
                 outcome = await item_outcome(recipe, graph, ctx, item, digest, logged, log)
             record(outcome)
             this_run["answers_replayed"] += outcome.replayed
-            return outcome.ok, outcome.tokens
+            return outcome.ok, outcome.tokens, outcome.cost
 
         this_run["answers_replayed"] = 0
         items = _to_do(stage, state, tally)
         in_flight = config.concurrency * (pool.size if pool else 1)
-        await _guarded(drive(items, in_flight, process, tally), run, recipe)
+        summary.budget = _budget(run, ctx, recipe)
+        await _guarded(drive(items, in_flight, process, tally, summary.budget), run, recipe)
         if log is not None:  # every row ended: keep only what --retry-failed can reuse
             retryable = set() if ledger.failures == ledger.done else run.ids(ledger.failures)
             prefix = threads_of(recipe, digest)
@@ -202,6 +210,7 @@ async def run_stage(stage: Stage) -> StageSummary:
         run.close()
         summary.done_now, summary.failed_now = tally.done, tally.failed
         summary.skipped = tally.skipped
+        summary.cost_now = round(tally.cost, 8)
         summary.wall_s = round(time.perf_counter() - started, 2)
         summary.totals = run.totals(ledger.done, ledger.failures, recipe.failure_reason)
         summary.statistics = recipe.statistics(
@@ -214,17 +223,44 @@ async def run_stage(stage: Stage) -> StageSummary:
                 "done": summary.done_now,
                 "failed": summary.failed_now,
                 "interrupted": summary.interrupted,
+                **({"cost_usd": summary.cost_now} if tally.cost else {}),
+                **({"budget_reached": True} if summary.budget_reached else {}),
             }
         )
         section["counts"] = {
             key: summary.totals[key] for key in ("done", "failed", "failed_by_reason")
         }
         section["tokens_by_role"] = summary.totals["tokens_by_role"]
+        if "cost_usd" in summary.totals:
+            section["cost_usd"] = summary.totals["cost_usd"]
         if summary.statistics:
             section["statistics"] = summary.statistics
         manifest["updated"] = now()
         run.write_manifest(manifest)
     return summary
+
+
+def _check_prices(ctx: RunContext) -> None:
+    """A cost budget needs every model it pays for to have a price."""
+    if ctx.config.max_cost is not None:
+        unpriced = sorted(r for r, m in ctx.model_configs.items() if m.price is None)
+        if unpriced:
+            raise UserError(
+                f"max_cost: the models of {', '.join(unpriced)} have no price; set "
+                "models.<role>.price (or models.default.price) in the config"
+            )
+
+
+def _budget(run: RunDirectory, ctx: RunContext, recipe: Recipe) -> Budget | None:
+    """The run's budget, with what every recipe's ledgers in the directory already spent."""
+    config = ctx.config
+    if config.max_cost is None and config.token_budget is None:
+        return None
+    ledgers = [recipe.ledger.done, recipe.ledger.failures]
+    for other in registry.RECIPES.values():
+        ledgers += [other.ledger.done, other.ledger.failures]
+    cost, tokens, rows = run.spent(ledgers)
+    return Budget(config.max_cost, config.token_budget, cost, tokens, rows)
 
 
 def _response_log(
@@ -378,6 +414,8 @@ async def generate(
         limit=limit,
     )
     result = RunResult([await run_stage(first)])
+    if result.stages[-1].budget_reached:
+        return result  # the chain's later stages wait for the budget to be raised
     if select is not None and steps[0].ledger.derived is not None:
         selected = select_subset(list(read_jsonl(run.path(steps[0].ledger.derived))), select)
         write_jsonl(run.path(SFT_SELECTED), selected)
@@ -395,6 +433,8 @@ async def generate(
                 engine=engine,
             )
         )
+        if result.stages[-1].budget_reached:
+            break
     return result
 
 
