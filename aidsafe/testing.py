@@ -4,6 +4,7 @@ request with the smallest schema-valid instance."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,7 @@ class StubOpenAIServer:
         self.plain_answer = plain_answer  # the text of answers to unstructured requests
         self.answers = answers or {}  # schema name -> the answer to give instead of the smallest
         self.requests: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request's arrival
         self._lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
@@ -96,11 +98,10 @@ class StubOpenAIServer:
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length))
                 with stub._lock:
+                    stub.arrivals.append(time.monotonic())
                     stub.requests.append(request)
                     failing = len(stub.requests) <= stub.fail_first
                 if stub.latency:
-                    import time
-
                     time.sleep(stub.latency)
                 if failing:
                     headers = {name.lower(): value for name, value in self.headers.items()}

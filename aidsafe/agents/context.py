@@ -135,7 +135,7 @@ def build_context(
     model_configs = resolve_models(config, roles) if build_models else {}
     built: dict[str, BaseChatModel] = {}
     shared: dict[str, BaseChatModel] = {}
-    pools: dict[tuple[str | None, float], Any] = {}  # one HTTP pool per endpoint
+    pools: dict[Any, Any] = {}  # one HTTP pool per endpoint, rate limits per model there
     for role, model_config in model_configs.items():
         key = model_config.model_dump_json()  # roles with one model share one client/engine
         if key not in shared:

@@ -27,12 +27,11 @@ def api_key(config: ModelConfig) -> str:
     return PLACEHOLDER_KEY
 
 
-def build_chat_model(
-    config: ModelConfig, pools: dict[tuple[str | None, float], Any] | None = None
-) -> BaseChatModel:
-    """The chat model of one role's config. `pools`: HTTP connection pools to share, one per
-    endpoint, among the models of one run (each pool checks its idle connections on every
-    request, so one per model config cost ~0.7 ms per call; see benchmarks/RESULTS.md)."""
+def build_chat_model(config: ModelConfig, pools: dict[Any, Any] | None = None) -> BaseChatModel:
+    """The chat model of one role's config. `pools`: what the models of one run share: HTTP
+    connection pools, one per endpoint (each pool checks its idle connections on every request,
+    so one per model config cost ~0.7 ms per call; see benchmarks/RESULTS.md), and rate limits,
+    one per model at an endpoint."""
     if config.backend == "scripted":
         from aidsafe.models.scripted import lookup
 
@@ -77,10 +76,31 @@ def build_chat_model(
         # a connection pool of the run's own, one per endpoint: kept-alive connections must
         # not outlive the run's event loop, and each pool checks its idle ones per request
         pool=_pool(config, pools),
+        limits=_limits(config, pools),
     )
 
 
-def _pool(config: ModelConfig, pools: dict[tuple[str | None, float], Any] | None) -> Any:
+def _limits(config: ModelConfig, shared: dict[Any, Any] | None) -> Any:
+    """The model's rate limits, one per model at an endpoint (roles calling it share them)."""
+    from aidsafe.models.limits import RateLimits
+
+    if config.requests_per_minute is None and config.tokens_per_minute is None:
+        return None
+    if shared is None:
+        return RateLimits(config.requests_per_minute, config.tokens_per_minute)
+    key = (
+        "limits",
+        config.base_url,
+        config.model,
+        config.requests_per_minute,
+        config.tokens_per_minute,
+    )
+    if key not in shared:
+        shared[key] = RateLimits(config.requests_per_minute, config.tokens_per_minute)
+    return shared[key]
+
+
+def _pool(config: ModelConfig, pools: dict[Any, Any] | None) -> Any:
     from aidsafe.models.endpoint import EndpointPool
 
     if pools is None:

@@ -27,6 +27,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from aidsafe.models.limits import RateLimits
+
 ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
 
 
@@ -45,6 +47,7 @@ class ChatEndpoint(BaseChatModel):
     seed: int | None = None
     timeout: float = 300.0
     pool: EndpointPool | None = Field(default=None, exclude=True, repr=False)
+    limits: RateLimits | None = Field(default=None, exclude=True, repr=False)
     _owned: EndpointPool | None = PrivateAttr(default=None)
 
     @property
@@ -100,11 +103,16 @@ class ChatEndpoint(BaseChatModel):
         tools, tool_choice: see aidsafe.models.structured)."""
         session = self._pool().session()
         body = self.body(list(input), extra_body)
+        if self.limits is not None:
+            estimate = await self.limits.before(sum(len(m.text) for m in input))
         async with session.post(self.url, json=body, headers=self.headers) as r:
             data = await r.read()
             if r.status >= 400:
                 raise _status_error(r.status, dict(r.headers), data, self.url)
-        return _message(json.loads(data))  # a body that is not JSON: retried as transient
+        message = _message(json.loads(data))  # a body that is not JSON: retried as transient
+        if self.limits is not None:
+            await self.limits.after(estimate, dict(message.usage_metadata or {}))
+        return message
 
     async def _agenerate(
         self,

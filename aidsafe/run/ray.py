@@ -163,6 +163,15 @@ def worker_env(config: RunConfig, roles: list[str]) -> dict[str, str]:
     return {name: os.environ[name] for name in sorted(names) if name in os.environ}
 
 
+def split_rate_limits(data: dict[str, Any], workers: int) -> dict[str, Any]:
+    """A config whose rate limits are each worker's share: the workers together keep to them."""
+    for model in data.get("models", {}).values():
+        for limit in ("requests_per_minute", "tokens_per_minute"):
+            if model.get(limit):
+                model[limit] = model[limit] / workers
+    return data
+
+
 class RayPool:
     """Ray actors running one recipe's items; `submit` sends an item to the least busy worker."""
 
@@ -205,7 +214,7 @@ class RayPool:
             max_task_retries=0,  # the driver sends a lost row again itself, with its answers
             **resources,
         )
-        data = config.model_dump(mode="json")
+        data = split_rate_limits(config.model_dump(mode="json"), workers)
         scripted = registered(
             config.model_for(role).model or ""
             for role in roles
