@@ -19,6 +19,8 @@ class Reason(StrEnum):
     DUPLICATE_ID = "duplicate_id"  # an earlier input row has the same id
     MALFORMED_OUTPUT = "malformed_output"  # the model's answer stayed invalid after repairs
     ENDPOINT_ERROR = "endpoint_error"  # the endpoint failed (retries exhausted or fatal)
+    TRUNCATED = "truncated"  # the answer was cut at the role's max_tokens before it was valid
+    TEACHER_REFUSED = "teacher_refused"  # the model refused, or its provider filtered, the task
     UNJUDGED = "unjudged"  # no sample could be judged
     INTERNAL_ERROR = "internal_error"  # a bug or an unexpected library error in this row
     WORKER_LOST = "worker_lost"  # the Ray worker running the row died every time

@@ -46,7 +46,9 @@ class StubOpenAIServer:
     headers gives status, body, headers);
     `keep_alive` speaks HTTP/1.1 and keeps connections open, as real servers do (the
     benchmarks use it; tests keep HTTP/1.0, whose closed connections make shutdown clean);
-    `answers` replaces the answer to a schema by name (e.g. an unsafe `Verdict`)."""
+    `answers` replaces the answer to a schema by name (e.g. an unsafe `Verdict`);
+    `choice`, a function of the request and the answer's choice, returns the choice to send
+    (a `finish_reason` of `length` or `content_filter`, a `refusal`, other text)."""
 
     def __init__(
         self,
@@ -58,6 +60,7 @@ class StubOpenAIServer:
         answers: dict[str, dict[str, Any]] | None = None,
         failure: Callable[[dict[str, Any], dict[str, str]], tuple[int, str, dict[str, str]]]
         | None = None,
+        choice: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -69,6 +72,7 @@ class StubOpenAIServer:
             lambda request, headers: (503, json.dumps({"error": {"message": "overloaded"}}), {})
         )
         self.plain_answer = plain_answer  # the text of answers to unstructured requests
+        self.choice = choice
         self.answers = answers or {}  # schema name -> the answer to give instead of the smallest
         self.requests: list[dict[str, Any]] = []
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival
@@ -154,12 +158,15 @@ class StubOpenAIServer:
             message["content"] = json.dumps(answer)
         prompt_tokens = sum(len(str(m.get("content") or "")) for m in request["messages"]) // 4
         completion_tokens = len(json.dumps(message)) // 4
+        sent = {"index": 0, "message": message, "finish_reason": "stop"}
+        if self.choice is not None:
+            sent = self.choice(request, sent)
         return {
             "id": "chatcmpl-stub",
             "object": "chat.completion",
             "created": 0,
             "model": request.get("model", "stub"),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "choices": [sent],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,

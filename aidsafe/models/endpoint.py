@@ -215,5 +215,6 @@ def _message(data: dict[str, Any]) -> AIMessage:
         response_metadata={
             "model_name": data.get("model"),
             "finish_reason": choice.get("finish_reason"),
+            **({"refusal": message["refusal"]} if message.get("refusal") else {}),
         },
     )

@@ -339,13 +339,47 @@ async def call_structured(
             return parsed, records
         problem = "; ".join(problems) if problems else describe_problem(error)
         last_raw = raw_text(raw)
+        stopped = _stopped(raw, role, config)  # sending it back would not help
+        if stopped is not None:
+            calls = [record.as_dict() for record in records]
+            raise StageFailed(stage, stopped[0], stopped[1], last_raw, calls)
         conversation = [
             *messages,
             AIMessage(content=last_raw or "(empty answer)"),
             HumanMessage(content=REPAIR_PROMPT.format(problem=problem)),
         ]
     calls = [record.as_dict() for record in records]
+    if REFUSAL.match(last_raw):  # prose declining the task, answered to every repair
+        detail = f"{role}: the model refused instead of answering the schema: {last_raw[:300]}"
+        raise StageFailed(stage, Reason.TEACHER_REFUSED, detail, last_raw, calls)
     raise StageFailed(stage, Reason.MALFORMED_OUTPUT, problem, last_raw, calls)
+
+
+# How a refusal in prose begins (a schema was expected, so a valid answer never does).
+REFUSAL = re.compile(
+    r"\s*(?:i'?m sorry|i am sorry|sorry,|i apologi[sz]e|i can(?:not|'t|’t)|i won'?t|"
+    r"i'?m (?:not able|unable)|i am (?:not able|unable)|as an ai)",
+    re.IGNORECASE,
+)
+
+
+def _stopped(
+    message: AIMessage | None, role: str, config: ModelConfig
+) -> tuple[Reason, str] | None:
+    """Why an invalid answer ended for good: the provider filtered it, the model refused in
+    its `refusal` field, or it was cut at max_tokens."""
+    metadata = getattr(message, "response_metadata", None) or {}
+    finish = metadata.get("finish_reason")
+    if finish == "content_filter":
+        return Reason.TEACHER_REFUSED, f"{role}: the provider's content filter stopped the answer"
+    if metadata.get("refusal"):
+        return Reason.TEACHER_REFUSED, f"{role}: the model refused: {metadata['refusal'][:300]}"
+    if finish == "length":
+        return Reason.TRUNCATED, (
+            f"{role}: the answer was cut at max_tokens={config.max_tokens} before it was complete; "
+            f"raise models.{role}.max_tokens"
+        )
+    return None
 
 
 async def invoke_with_backoff(

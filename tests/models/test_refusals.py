@@ -1,0 +1,101 @@
+"""Answers that end for good: cut at max_tokens (`truncated`), filtered by the provider or
+refused by the model (`teacher_refused`), from the loopback stub as an endpoint sends them; the
+row fails with the typed reason at once (no repair round is spent on it) and the run goes on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aidsafe.inputs import PromptSource
+from aidsafe.run.directory import RunDirectory
+from aidsafe.run.pipeline import generate
+from aidsafe.testing import StubOpenAIServer
+from tests.conftest import make_config, read_jsonl, write_prompts
+
+Choice = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+def drafting(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Choice:
+    """Change the drafter's answers for the prompt that says 'bad'; others as the stub has them."""
+
+    def choice(request: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
+        text = " ".join(str(m.get("content") or "") for m in request["messages"])
+        schema = (request.get("response_format") or {}).get("json_schema", {}).get("name")
+        if "bad prompt" in text and schema == "InitialCoT":
+            return change(sent)
+        return sent
+
+    return choice
+
+
+def cut(sent: dict[str, Any]) -> dict[str, Any]:
+    content = sent["message"]["content"]
+    return sent | {
+        "finish_reason": "length",
+        "message": sent["message"] | {"content": content[: len(content) // 2]},
+    }
+
+
+def filtered(sent: dict[str, Any]) -> dict[str, Any]:
+    return sent | {
+        "finish_reason": "content_filter",
+        "message": {"role": "assistant", "content": ""},
+    }
+
+
+def refusal_field(sent: dict[str, Any]) -> dict[str, Any]:
+    message = {"role": "assistant", "content": None, "refusal": "I can't help with that request."}
+    return sent | {"message": message}
+
+
+def refusal_prose(sent: dict[str, Any]) -> dict[str, Any]:
+    text = "I'm sorry, but I can't assist with that."
+    return sent | {"message": {"role": "assistant", "content": text}}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "detail", "calls"),
+    [
+        (cut, "truncated", "drafter: the answer was cut at max_tokens=64", 1),
+        (filtered, "teacher_refused", "drafter: the provider's content filter", 1),
+        (refusal_field, "teacher_refused", "drafter: the model refused: I can't help", 1),
+        # prose is sent back for repair like any malformed answer; refused each time, typed
+        (refusal_prose, "teacher_refused", "drafter: the model refused instead of answering", 3),
+    ],
+)
+def test_an_answer_that_ends_for_good_fails_its_row_with_a_typed_reason(
+    tmp_path: Path,
+    change: Callable[[dict[str, Any]], dict[str, Any]],
+    reason: str,
+    detail: str,
+    calls: int,
+) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", ["good prompt", "bad prompt", "good again"])
+    with StubOpenAIServer(choice=drafting(change)) as stub:
+        model = {
+            "backend": "openai",
+            "base_url": stub.base_url,
+            "model": "stub",
+            "structured_output": "json_schema",
+            "max_tokens": 64,
+        }
+        config = make_config(models={"default": model})
+        asyncio.run(
+            generate(
+                PromptSource(str(prompts)),
+                RunDirectory(tmp_path / "run"),
+                config,
+                show_progress=False,
+            )
+        )
+    assert sorted(t["id"] for t in read_jsonl(tmp_path / "run" / "traces.jsonl")) == ["p0", "p2"]
+    [failure] = read_jsonl(tmp_path / "run" / "failures.jsonl")
+    assert (failure["id"], failure["reason"], failure["stage"]) == ("p1", reason, "draft")
+    assert detail in failure["detail"]
+    drafts = [c for c in failure["calls"] if c["role"] == "drafter"]
+    assert len(drafts) == calls and not drafts[-1]["ok"]
