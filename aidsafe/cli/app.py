@@ -65,6 +65,13 @@ TokenBudgetOption = Annotated[
     int | None,
     typer.Option("--token-budget", min=1, help="Budget in tokens (input + output), as --max-cost."),
 ]
+RetryReasonOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--retry-reason",
+        help="With --retry-failed: only the rows that failed with this reason (repeatable).",
+    ),
+]
 BUDGET_REACHED = 3  # exit code: a budget stopped the run; raise it and run again to continue
 EngineOption = Annotated[
     str,
@@ -131,6 +138,7 @@ def generate(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Try the rows in failures.jsonl again.")
     ] = False,
+    retry_reason: RetryReasonOption = None,
     select: Annotated[
         int | None,
         typer.Option(min=1, help="Also write sft_selected.jsonl: a balanced subset of N rows."),
@@ -173,7 +181,7 @@ def generate(
             settings,
             limit=limit,
             force=force,
-            retry_failed=retry_failed,
+            retry_failed=_retry(retry_failed, retry_reason),
             console=err,
             show_progress=not quiet,
             select=select,
@@ -244,6 +252,24 @@ def _run(work: Coroutine[Any, Any, T], engine: Any = None, saved: str = "") -> T
             close_engines()
 
 
+def _retry(retry_failed: bool, reasons: list[str] | None) -> bool | frozenset[str]:
+    """--retry-failed, or only the failure reasons of --retry-reason."""
+    from aidsafe.records import Reason
+
+    if not reasons:
+        return retry_failed
+    if not retry_failed:
+        raise UserError("--retry-reason needs --retry-failed")
+    known = {reason.value for reason in Reason} - {Reason.DUPLICATE_ID.value}
+    unknown = sorted(set(reasons) - known)
+    if unknown:
+        raise UserError(
+            f"--retry-reason {unknown[0]}: not a failure reason; expected one of "
+            f"{', '.join(sorted(known))}"
+        )
+    return frozenset(reasons)
+
+
 def _engine(engine: str, ray_address: str | None, workers: int | None) -> Any:
     from aidsafe.run.engine import Engine
 
@@ -278,6 +304,7 @@ def dpo(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Try the rows in dpo_failures.jsonl again.")
     ] = False,
+    retry_reason: RetryReasonOption = None,
     engine: EngineOption = "local",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
@@ -309,7 +336,7 @@ def dpo(
             settings,
             limit=limit,
             force=force,
-            retry_failed=retry_failed,
+            retry_failed=_retry(retry_failed, retry_reason),
             console=err,
             show_progress=not quiet,
             engine=ray_engine,

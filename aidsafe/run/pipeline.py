@@ -93,7 +93,8 @@ class Stage:
     total: int | None
     source: dict[str, Any]  # what the items are, for the fingerprint
     force: bool = False
-    retry_failed: bool = False
+    # True: run every failed row again; a set of reasons: the rows that failed with one of them
+    retry_failed: bool | frozenset[str] = False
     duplicates: Literal["record", "skip"] = "record"
     engine: Engine | None = None
     console: Console | None = None
@@ -120,10 +121,16 @@ async def run_stage(stage: Stage) -> StageSummary:
             run.rebuild_derived(ledger.done, ledger.derived, recipe.derived)
         retried: dict[str, str] = {}  # id -> the stage it failed in
         if stage.retry_failed and ledger.failures != ledger.done:
+            chosen = stage.retry_failed
+
+            def again(row: dict[str, Any]) -> bool:
+                reason = row.get("reason")
+                return reason != Reason.DUPLICATE_ID and (chosen is True or reason in chosen)
+
             for row in read_jsonl(run.path(ledger.failures)):
-                if row.get("reason") != Reason.DUPLICATE_ID:
+                if again(row):
                     retried[row["id"]] = row.get("stage", "")
-            run.drop_failures(ledger.failures, lambda row: row.get("reason") == Reason.DUPLICATE_ID)
+            run.drop_failures(ledger.failures, lambda row: not again(row))
         state = run.ledger_state(ledger.done, ledger.failures)
         log, answers = _response_log(stage, digest, state.finished, retried)
 
@@ -384,7 +391,7 @@ async def generate(
     *,
     limit: int | None = None,
     force: bool = False,
-    retry_failed: bool = False,
+    retry_failed: bool | frozenset[str] = False,
     console: Console | None = None,
     show_progress: bool = True,
     select: int | None = None,
@@ -445,7 +452,7 @@ async def make_pairs(
     recipe: Recipe | None = None,
     limit: int | None = None,
     force: bool = False,
-    retry_failed: bool = False,
+    retry_failed: bool | frozenset[str] = False,
     console: Console | None = None,
     show_progress: bool = True,
     engine: Engine | None = None,

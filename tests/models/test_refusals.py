@@ -5,6 +5,7 @@ row fails with the typed reason at once (no repair round is spent on it) and the
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,46 @@ def test_an_answer_that_ends_for_good_fails_its_row_with_a_typed_reason(
     assert detail in failure["detail"]
     drafts = [c for c in failure["calls"] if c["role"] == "drafter"]
     assert len(drafts) == calls and not drafts[-1]["ok"]
+
+
+def test_retry_failed_can_retry_only_the_chosen_reasons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from tests.cli.test_app import cli
+
+    def answers(request: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
+        text = " ".join(str(m.get("content") or "") for m in request["messages"])
+        if "cut prompt" in text and "InitialCoT" in json.dumps(request["response_format"]):
+            return cut(sent)
+        return filtered(sent) if "filtered prompt" in text else sent
+
+    prompts = write_prompts(tmp_path / "p.jsonl", ["good prompt", "cut prompt", "filtered prompt"])
+    out = tmp_path / "run"
+    with StubOpenAIServer(choice=answers) as stub:
+        model = {"backend": "openai", "base_url": stub.base_url, "model": "stub"}
+        model |= {"structured_output": "json_schema"}
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({"models": {"default": model | {"max_tokens": 64}}}))
+        argv = ["generate", str(prompts), "--out", str(out), "-q", "--config", str(config)]
+        assert cli(capsys, *argv)[0] == 0
+        reasons = {f["id"]: f["reason"] for f in read_jsonl(out / "failures.jsonl")}
+        assert reasons == {"p1": "truncated", "p2": "teacher_refused"}
+        code, _, err = cli(capsys, *argv, "--retry-reason", "truncated")
+        assert code == 2 and "--retry-reason needs --retry-failed" in err
+        code, _, err = cli(capsys, *argv, "--retry-failed", "--retry-reason", "cut")
+        assert code == 2 and "--retry-reason cut: not a failure reason" in err
+        # a larger max_tokens would fix the cut row: the endpoint now answers it whole
+        stub.choice = lambda request, sent: (
+            filtered(sent) if "filtered prompt" in str(request["messages"]) else sent
+        )
+        code, _, _ = cli(capsys, *argv, "--retry-failed", "--retry-reason", "truncated")
+        assert code == 0
+    done = sorted(t["id"] for t in read_jsonl(out / "traces.jsonl"))
+    assert done == ["p0", "p1"]
+    failed = read_jsonl(out / "failures.jsonl")
+    assert [(f["id"], f["reason"]) for f in failed] == [("p2", "teacher_refused")]
+    # the filtered row (its first call, the decomposer's, was filtered) was not asked again
+    asked = [r for r in stub.requests if "filtered prompt" in str(r["messages"])]
+    assert len(asked) == 1
