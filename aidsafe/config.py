@@ -123,12 +123,19 @@ class ModelConfig(BaseModel):
         "its endpoint, shared like `requests_per_minute`.",
     )
 
+    adaptive_concurrency: bool = Field(
+        True,
+        description="`openai` only: after the endpoint first signals overload (429, 503, "
+        "timeouts), adapt the requests in flight to it (AIMD: +1 per round trip while "
+        "healthy, halved on overload). false: always as many as the rows in flight ask.",
+    )
+
     def provenance(self) -> dict[str, Any]:
         """What a row records about its model: everything but credentials and plumbing (engine
         sizing does not change what the model says; dtype does; neither do prices and rate
         limits)."""
         plumbing = {"api_key_env", "timeout", "max_retries", "retry_wait", "n_threads"}
-        plumbing |= {"price", "requests_per_minute", "tokens_per_minute"}
+        plumbing |= {"price", "requests_per_minute", "tokens_per_minute", "adaptive_concurrency"}
         plumbing |= {"max_num_seqs", "gpu_memory_utilization", "tensor_parallel_size"}
         plumbing.add("enable_prefix_caching")
         if self.backend != "vllm":

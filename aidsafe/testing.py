@@ -48,7 +48,10 @@ class StubOpenAIServer:
     benchmarks use it; tests keep HTTP/1.0, whose closed connections make shutdown clean);
     `answers` replaces the answer to a schema by name (e.g. an unsafe `Verdict`);
     `choice`, a function of the request and the answer's choice, returns the choice to send
-    (a `finish_reason` of `length` or `content_filter`, a `refusal`, other text)."""
+    (a `finish_reason` of `length` or `content_filter`, a `refusal`, other text);
+    `capacity` answers HTTP 429 at once to a request that finds that many already in flight
+    (`overloads` counts them; `arrivals` and `loads` note each accepted request's arrival time
+    and the requests then in flight)."""
 
     def __init__(
         self,
@@ -61,6 +64,7 @@ class StubOpenAIServer:
         failure: Callable[[dict[str, Any], dict[str, str]], tuple[int, str, dict[str, str]]]
         | None = None,
         choice: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
+        capacity: int | None = None,
     ) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,6 +77,10 @@ class StubOpenAIServer:
         )
         self.plain_answer = plain_answer  # the text of answers to unstructured requests
         self.choice = choice
+        self.capacity = capacity
+        self.in_flight = 0
+        self.overloads = 0
+        self.loads: list[tuple[float, int]] = []
         self.answers = answers or {}  # schema name -> the answer to give instead of the smallest
         self.requests: list[dict[str, Any]] = []
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival
@@ -102,9 +110,26 @@ class StubOpenAIServer:
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length))
                 with stub._lock:
+                    over = stub.capacity is not None and stub.in_flight >= stub.capacity
+                    if over:
+                        stub.overloads += 1
+                    else:
+                        stub.in_flight += 1
+                if over:
+                    self._send(429, {"error": {"message": "over capacity"}})
+                    return
+                with stub._lock:
+                    stub.loads.append((time.monotonic(), stub.in_flight))
                     stub.arrivals.append(time.monotonic())
                     stub.requests.append(request)
                     failing = len(stub.requests) <= stub.fail_first
+                try:
+                    self._answer(request, failing)
+                finally:
+                    with stub._lock:
+                        stub.in_flight -= 1
+
+            def _answer(self, request: dict[str, Any], failing: bool) -> None:
                 if stub.latency:
                     time.sleep(stub.latency)
                 if failing:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel
@@ -97,6 +98,17 @@ class RunContext:
             close = getattr(model, "aclose", None)
             if close is not None:
                 await close()
+
+    def endpoint_load(self) -> str:
+        """Requests in flight per endpoint whose concurrency adapted to overload, for the
+        progress line ("" while none has)."""
+        gates = {}
+        for model in self.models.values():
+            pool = getattr(model, "pool", None)
+            gate = getattr(pool, "gate", None)
+            if gate is not None and gate.limit is not None:
+                gates[id(gate)] = (urlsplit(str(getattr(model, "base_url", ""))).netloc, gate)
+        return "  ".join(f"{host} {gate.describe()}" for host, gate in gates.values())
 
     def provenance(self) -> dict[str, Any]:
         """What a row records about the models of the roles that made it."""

@@ -77,6 +77,7 @@ def build_chat_model(config: ModelConfig, pools: dict[Any, Any] | None = None) -
         # not outlive the run's event loop, and each pool checks its idle ones per request
         pool=_pool(config, pools),
         limits=_limits(config, pools),
+        adaptive=config.adaptive_concurrency,
     )
 
 

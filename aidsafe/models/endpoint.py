@@ -15,6 +15,7 @@ retries, Retry-After and scrubbing treat every backend alike."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -27,9 +28,10 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from aidsafe.models.limits import RateLimits
+from aidsafe.models.limits import AdaptiveConcurrency, RateLimits
 
 ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+OVERLOADED = {429, 503, 529}  # statuses that say the endpoint is over its capacity
 
 
 class ChatEndpoint(BaseChatModel):
@@ -48,6 +50,7 @@ class ChatEndpoint(BaseChatModel):
     timeout: float = 300.0
     pool: EndpointPool | None = Field(default=None, exclude=True, repr=False)
     limits: RateLimits | None = Field(default=None, exclude=True, repr=False)
+    adaptive: bool = True  # share the endpoint's AIMD concurrency (models.limits)
     _owned: EndpointPool | None = PrivateAttr(default=None)
 
     @property
@@ -101,14 +104,27 @@ class ChatEndpoint(BaseChatModel):
     ) -> AIMessage:
         """One chat completion; `extra_body` joins the request as it is (response_format,
         tools, tool_choice: see aidsafe.models.structured)."""
-        session = self._pool().session()
+        pool = self._pool()
+        session = pool.session()
         body = self.body(list(input), extra_body)
         if self.limits is not None:
             estimate = await self.limits.before(sum(len(m.text) for m in input))
-        async with session.post(self.url, json=body, headers=self.headers) as r:
-            data = await r.read()
-            if r.status >= 400:
-                raise _status_error(r.status, dict(r.headers), data, self.url)
+        gate = pool.gate if self.adaptive else None
+        if gate is not None:
+            await gate.acquire()
+        started, overloaded = time.monotonic(), None
+        try:
+            async with session.post(self.url, json=body, headers=self.headers) as r:
+                data = await r.read()
+                overloaded = r.status in OVERLOADED
+                if r.status >= 400:
+                    raise _status_error(r.status, dict(r.headers), data, self.url)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            overloaded = True
+            raise
+        finally:
+            if gate is not None:
+                gate.release(overloaded, time.monotonic() - started)
         message = _message(json.loads(data))  # a body that is not JSON: retried as transient
         if self.limits is not None:
             await self.limits.after(estimate, dict(message.usage_metadata or {}))
@@ -149,6 +165,7 @@ class EndpointPool:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        self.gate = AdaptiveConcurrency()  # requests in flight to this endpoint (AIMD)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -1,5 +1,6 @@
-"""Rate limits of one model at one endpoint: requests and tokens per minute, shared by every
-role of a run that calls it, as a provider counts them.
+"""Rate limits of one model at one endpoint (requests and tokens per minute, shared by every
+role of a run that calls it, as a provider counts them), and the adaptive concurrency of an
+endpoint (AIMD, at the end).
 
 Built on aiolimiter's leaky buckets (maintained, asyncio-native, no thread). Requests leave
 one at a time, evenly spaced at the configured rate (providers enforce a per-minute limit over
@@ -12,6 +13,9 @@ pass the limit."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import deque
 from typing import Any
 
 from aiolimiter import AsyncLimiter
@@ -43,3 +47,57 @@ class RateLimits:
         used += max(0, int(usage.get("input_tokens", 0)) - estimate)
         if used:
             await self.tokens.acquire(min(used, self.tokens.max_rate))
+
+
+class AdaptiveConcurrency:
+    """How many requests an endpoint gets at once, found by AIMD (as TCP finds a link's
+    capacity): unbounded until the endpoint first signals overload (HTTP 429, 503, 529 or a
+    timeout), then half the requests in flight at that moment; each healthy answer adds
+    1/limit (about one request per round trip) and each overload halves it, at most once per
+    round trip (the answers of one burst count once). `Retry-After` is honoured by the retry
+    that follows, as for any transient error."""
+
+    def __init__(self) -> None:
+        self.limit: float | None = None  # None: no overload seen yet
+        self.in_flight = 0
+        self.overloads = 0
+        self._last_cut = float("-inf")
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def _room(self) -> bool:
+        return self.limit is None or self.in_flight < max(1, int(self.limit))
+
+    async def acquire(self) -> None:
+        while not self._room():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                raise
+        self.in_flight += 1
+
+    def release(self, overloaded: bool | None, took: float) -> None:
+        """One request ended: `overloaded` True (the endpoint is over capacity), False (a
+        healthy answer) or None (neither: another error, a cancellation); `took` seconds."""
+        self.in_flight -= 1
+        now = time.monotonic()
+        if overloaded:
+            self.overloads += 1
+            if now - self._last_cut >= took:  # one cut per round trip
+                start = self.in_flight + 1 if self.limit is None else self.limit
+                self.limit = max(1.0, start / 2)
+                self._last_cut = now
+        elif overloaded is False and self.limit is not None:
+            self.limit += 1 / self.limit
+        while self._waiters and self._room():
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break  # it takes the room; the next release wakes the next
+
+    def describe(self) -> str:
+        limit = "open" if self.limit is None else f"{self.limit:.0f}"
+        return f"{self.in_flight}/{limit}"

@@ -66,6 +66,7 @@ class Tally:
         self.skipped = 0
         self.tokens = 0
         self.cost = 0.0
+        self.load: Callable[[], str] | None = None  # e.g. requests in flight per endpoint
         self.started = time.perf_counter()
         self.task = progress.add_task(description, total=total, status="") if progress else None
 
@@ -87,6 +88,8 @@ class Tally:
             status = f"ok {self.done}  failed {self.failed}  {speed}  tokens {self.tokens:,}"
             if self.cost:
                 status += f"  ${self.cost:,.4f}"
+            if self.load is not None and (load := self.load()):
+                status += f"  in flight {load}"
             self.progress.update(self.task, advance=1, status=status)
 
 

@@ -167,6 +167,7 @@ async def run_stage(stage: Stage) -> StageSummary:
     progress = progress_display(console, stage.show_progress)
     started = time.perf_counter()
     tally = Tally(progress, recipe.verb, stage.total)
+    tally.load = ctx.endpoint_load
     pool = None
     try:
         if stage.engine is not None:

@@ -4,6 +4,7 @@ measured at the loopback stub (arrival times of the requests it received)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from aidsafe.inputs import PromptSource
@@ -85,3 +86,72 @@ def test_ray_workers_share_a_rate_limit_evenly() -> None:
     assert data["models"]["default"]["tokens_per_minute"] == 22_500
     assert data["models"]["refiner"]["requests_per_minute"] == 15
     assert data["models"]["refiner"]["tokens_per_minute"] is None
+
+
+def test_adaptive_concurrency_halves_on_overload_once_per_round_trip_and_grows_back() -> None:
+    from aidsafe.models.limits import AdaptiveConcurrency
+
+    async def scenario() -> None:
+        gate = AdaptiveConcurrency()
+        for _ in range(8):
+            await gate.acquire()  # unbounded before any overload
+        assert gate.limit is None and gate.in_flight == 8
+        gate.release(True, took=1.0)  # overload: half of the 8 then in flight
+        assert gate.limit == 4.0
+        gate.release(True, took=1.0)  # the same burst: no second cut within a round trip
+        assert gate.limit == 4.0
+        waiting = asyncio.create_task(gate.acquire())
+        await asyncio.sleep(0)
+        assert not waiting.done()  # 6 in flight, room for 4
+        for _ in range(3):
+            gate.release(False, took=0.1)  # healthy answers: +1/limit each
+        assert 4.6 < gate.limit < 4.8 and gate.in_flight == 3
+        await asyncio.wait_for(waiting, 1)  # room again: the waiter goes
+        assert gate.in_flight == 4 and gate.overloads == 2
+
+    asyncio.run(scenario())
+
+
+def run_against_capacity(tmp_path: Path, stub: StubOpenAIServer, adaptive: bool) -> None:
+    tmp_path.mkdir()
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"prompt {n}" for n in range(60)])
+    model = {
+        "backend": "openai",
+        "base_url": stub.base_url,
+        "model": "stub",
+        "retry_wait": 0.02,
+        "max_retries": 10,
+        "adaptive_concurrency": adaptive,
+    }
+    config = make_config(models={"default": model}, concurrency=16)
+    result = asyncio.run(
+        generate(
+            PromptSource(str(prompts)), RunDirectory(tmp_path / "run"), config, show_progress=False
+        )
+    )
+    assert (result.stages[0].done_now, result.stages[0].failed_now) == (60, 0)
+
+
+def test_aimd_keeps_an_endpoint_near_its_capacity_and_recovers_when_it_grows(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    with StubOpenAIServer(latency=0.05, capacity=4) as fixed:
+        run_against_capacity(tmp_path / "fixed", fixed, adaptive=False)
+    with StubOpenAIServer(latency=0.05, capacity=4) as adapted:
+        grown: list[float] = []
+
+        def grow() -> None:  # half way through, the endpoint gets three times the capacity
+            while len(adapted.requests) < 120:
+                time.sleep(0.01)
+            adapted.capacity = 12
+            grown.append(time.monotonic())
+
+        threading.Thread(target=grow, daemon=True).start()
+        run_against_capacity(tmp_path / "adapted", adapted, adaptive=True)
+    # 16 rows ask at once, 4 fit: without AIMD most requests are refused first; with it few
+    assert fixed.overloads > 60
+    assert adapted.overloads < fixed.overloads / 2
+    # after the capacity grew, the requests in flight grew past the old capacity
+    assert grown and max(load for at, load in adapted.loads if at > grown[0]) > 6
