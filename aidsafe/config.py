@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aidsafe.errors import UserError, describe_validation_error
@@ -123,12 +123,34 @@ class ModelConfig(BaseModel):
         "its endpoint, shared like `requests_per_minute`.",
     )
 
+    fallback: ModelConfig | None = Field(
+        None,
+        description="A model for the call when this one refuses or its provider filters the "
+        "answer (`teacher_refused`): the keys that differ (e.g. `model`, `base_url`); the rest "
+        "are this model's. Recorded in the call's provenance.",
+    )
     adaptive_concurrency: bool = Field(
         True,
         description="`openai` only: after the endpoint first signals overload (429, 503, "
         "timeouts), adapt the requests in flight to it (AIMD: +1 per round trip while "
         "healthy, halved on overload). false: always as many as the rows in flight ask.",
     )
+
+    @field_validator("fallback")
+    @classmethod
+    def _one_fallback(cls, fallback: ModelConfig | None) -> ModelConfig | None:
+        if fallback is not None and fallback.fallback is not None:
+            raise ValueError("a fallback model has no fallback of its own")
+        return fallback
+
+    def fallback_config(self) -> ModelConfig | None:
+        """The fallback model's full config: this model's, with the fallback's keys."""
+        if self.fallback is None:
+            return None
+        mine = self.model_dump(exclude={"fallback"}, exclude_unset=True)
+        return ModelConfig.model_validate(
+            mine | self.fallback.model_dump(include=self.fallback.model_fields_set)
+        )
 
     def provenance(self) -> dict[str, Any]:
         """What a row records about its model: everything but credentials and plumbing (engine
@@ -140,7 +162,11 @@ class ModelConfig(BaseModel):
         plumbing.add("enable_prefix_caching")
         if self.backend != "vllm":
             plumbing.add("dtype")
-        return self.model_dump(exclude=plumbing)
+        recorded = self.model_dump(exclude=plumbing | {"fallback"})
+        fallback = self.fallback_config()
+        if fallback is not None:
+            recorded["fallback"] = fallback.provenance()
+        return recorded
 
 
 class DeliberationConfig(BaseModel):
@@ -308,7 +334,7 @@ class RunConfig(BaseSettings):
         merged: dict[str, Any] = {}
         for layer in layers:
             if layer is not None:
-                merged.update(layer.model_dump(include=layer.model_fields_set))
+                merged.update(layer.model_dump(exclude_unset=True))  # nested: set keys only
         if merged.get("temperature") is None:
             merged["temperature"] = temperature
         return ModelConfig.model_validate(merged)

@@ -5,7 +5,7 @@ LangGraph's runtime context (`runtime.context`), so each node is a plain module-
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -55,6 +55,8 @@ class RunContext:
     prompts: dict[str, RolePrompt]  # by role family
     policy_block: str
     schemas: RecipeSchemas
+    # role -> its fallback model and config, for the roles whose model names one
+    fallbacks: dict[str, tuple[BaseChatModel, ModelConfig]] = field(default_factory=dict)
 
     @property
     def repair_attempts(self) -> int:
@@ -89,6 +91,7 @@ class RunContext:
             stage=stage,
             repair_attempts=self.repair_attempts,
             check=check,
+            fallback=self.fallbacks.get(role),
         )
         return answer, [record.as_dict() for record in records]
 
@@ -148,11 +151,19 @@ def build_context(
     built: dict[str, BaseChatModel] = {}
     shared: dict[str, BaseChatModel] = {}
     pools: dict[Any, Any] = {}  # one HTTP pool per endpoint, rate limits per model there
-    for role, model_config in model_configs.items():
+    fallbacks: dict[str, tuple[BaseChatModel, ModelConfig]] = {}
+
+    def build(model_config: ModelConfig) -> BaseChatModel:
         key = model_config.model_dump_json()  # roles with one model share one client/engine
         if key not in shared:
             shared[key] = build_chat_model(model_config, pools)
-        built[role] = shared[key]
+        return shared[key]
+
+    for role, model_config in model_configs.items():
+        built[role] = build(model_config)
+        fallback = model_config.fallback_config()
+        if fallback is not None:
+            fallbacks[role] = (build(fallback), fallback)
     defaults = {role.name: role.prompt for role in roles.values() if role.prompt}
     return RunContext(
         config=config,
@@ -163,6 +174,7 @@ def build_context(
         prompts=load_prompts(defaults, config.prompts),
         policy_block=policies.render(),
         schemas=schemas_for(policies.ids),
+        fallbacks=fallbacks,
     )
 
 

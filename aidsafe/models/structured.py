@@ -192,11 +192,14 @@ class CallRecord:
     latency_s: float
     ok: bool
     cost_usd: float | None = None  # where the model has a price
+    fallback: bool = False  # made by the role's fallback model after its own refused
 
     def as_dict(self) -> dict[str, Any]:
         record = dict(self.__dict__)
         if self.cost_usd is None:
             del record["cost_usd"]
+        if not self.fallback:
+            del record["fallback"]
         return record
 
     @classmethod
@@ -314,9 +317,45 @@ async def call_structured(
     stage: str,
     repair_attempts: int,
     check: Callable[[T], list[str]] | None = None,
+    fallback: tuple[BaseChatModel, ModelConfig] | None = None,
 ) -> tuple[T, list[CallRecord]]:
     """Ask `model` for a `schema` answer. A malformed answer (or one `check` objects to) is sent
-    back with the problem `repair_attempts` times; then StageFailed('malformed_output')."""
+    back with the problem `repair_attempts` times; then StageFailed('malformed_output'). When
+    the model refuses or is filtered (`teacher_refused`), the `fallback` model, if any, is asked
+    the same, and its calls are recorded after the refused ones (`fallback: true`)."""
+    try:
+        return await _call_structured(
+            model, config, messages, schema, role, stage, repair_attempts, check
+        )
+    except StageFailed as refused:
+        if fallback is None or refused.reason != Reason.TEACHER_REFUSED:
+            raise
+        try:
+            answer, records = await _call_structured(
+                *fallback, messages, schema, role, stage, repair_attempts, check
+            )
+        except StageFailed as failed:
+            failed.calls = refused.calls + [{**c, "fallback": True} for c in failed.calls]
+            raise
+        for record in records:
+            record.fallback = True
+        return answer, [*_records(refused.calls), *records]
+
+
+def _records(calls: list[dict[str, Any]]) -> list[CallRecord]:
+    return [CallRecord(**call) for call in calls]
+
+
+async def _call_structured(
+    model: BaseChatModel,
+    config: ModelConfig,
+    messages: list[BaseMessage],
+    schema: type[T],
+    role: str,
+    stage: str,
+    repair_attempts: int,
+    check: Callable[[T], list[str]] | None,
+) -> tuple[T, list[CallRecord]]:
     runnable, parse = structured_runnable(model, structured_method(config), schema)
     conversation = list(messages)
     records: list[CallRecord] = []

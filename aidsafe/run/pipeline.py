@@ -108,7 +108,8 @@ async def run_stage(stage: Stage) -> StageSummary:
     ledger = recipe.ledger
     policies = load_policies(config.policies)
     ctx = build_context(config, recipe.roles(config), policies)
-    preflight(ctx.model_configs)
+    fallbacks = {f"{role}.fallback": config for role, (_, config) in ctx.fallbacks.items()}
+    preflight(ctx.model_configs | fallbacks)
     _check_prices(ctx)
     settings = recipe.fingerprint_data(ctx) | {"source": stage.source}
     digest = fingerprint(settings)

@@ -143,3 +143,53 @@ def test_retry_failed_can_retry_only_the_chosen_reasons(
     # the filtered row (its first call, the decomposer's, was filtered) was not asked again
     asked = [r for r in stub.requests if "filtered prompt" in str(r["messages"])]
     assert len(asked) == 1
+
+
+@pytest.mark.parametrize("backup_refuses", [False, True])
+def test_a_refused_call_goes_to_the_roles_fallback_model_and_says_so(
+    tmp_path: Path, backup_refuses: bool
+) -> None:
+    refusing = {"primary", "backup"} if backup_refuses else {"primary"}
+
+    def answers(request: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
+        text = " ".join(str(m.get("content") or "") for m in request["messages"])
+        drafting = "InitialCoT" in json.dumps(request["response_format"])
+        if "bad prompt" in text and drafting and request["model"] in refusing:
+            return refusal_field(sent)
+        return sent
+
+    prompts = write_prompts(tmp_path / "p.jsonl", ["good prompt", "bad prompt"])
+    with StubOpenAIServer(choice=answers) as stub:
+        model = {
+            "backend": "openai",
+            "base_url": stub.base_url,
+            "model": "primary",
+            "structured_output": "json_schema",
+        }
+        config = make_config(
+            models={"default": model, "drafter": {"fallback": {"model": "backup"}}}
+        )
+        asyncio.run(
+            generate(
+                PromptSource(str(prompts)),
+                RunDirectory(tmp_path / "run"),
+                config,
+                show_progress=False,
+            )
+        )
+    traces = {t["id"]: t for t in read_jsonl(tmp_path / "run" / "traces.jsonl")}
+    failures = {f["id"]: f for f in read_jsonl(tmp_path / "run" / "failures.jsonl")}
+    if backup_refuses:
+        assert set(traces) == {"p0"} and failures["p1"]["reason"] == "teacher_refused"
+        calls = failures["p1"]["calls"]
+    else:
+        assert set(traces) == {"p0", "p1"} and not failures
+        calls = traces["p1"]["calls"]
+        # the fallback is part of the role's recorded model, and so of the fingerprint
+        assert traces["p1"]["models"]["drafter"]["fallback"]["model"] == "backup"
+    drafts = [
+        (c["model"], c["ok"], c.get("fallback", False)) for c in calls if c["role"] == "drafter"
+    ]
+    assert drafts == [("primary", False, False), ("backup", not backup_refuses, True)]
+    # the good row never needed it
+    assert all("fallback" not in c for c in traces["p0"]["calls"])
