@@ -20,6 +20,7 @@ from aidsafe.cli.render import (
     out,
     print_grades,
     print_judge_summary,
+    print_prepare,
     print_recipes,
     print_stage,
 )
@@ -235,6 +236,45 @@ def _engine(engine: str, ray_address: str | None, workers: int | None) -> Any:
     if ray_address is not None or workers is not None:
         raise UserError("--ray-address and --workers need --engine ray")
     return None
+
+
+@app.command()
+def prepare(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Prompt sources: JSONL, CSV or Parquet files, saved dataset folders or HF "
+            "names; NAME=INPUT tags the rows with NAME (default: the file or dataset name)."
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    prompt_field: Annotated[
+        str, typer.Option(help="Column with the prompt in every input.")
+    ] = "prompt",
+    id_field: Annotated[
+        str, typer.Option(help="Column with the row id (default: id, else a content hash).")
+    ] = "id",
+    split: Annotated[str, typer.Option(help="Split of a HF dataset.")] = "train",
+    near_threshold: Annotated[
+        float,
+        typer.Option(help="Near duplicates: estimated Jaccard similarity at or above this."),
+    ] = 0.7,
+    shingle: Annotated[int, typer.Option(help="Near duplicates: compare word 1- to N-grams.")] = 2,
+) -> None:
+    """Clean a prompt pool before generation: drop exact and near duplicates; write
+    prompts.jsonl for `generate` and a report of every dropped prompt."""
+    from aidsafe.tasks.prepare import InputSpec, PrepareSettings
+    from aidsafe.tasks.prepare import prepare as prepare_pool
+
+    settings = PrepareSettings(
+        near_threshold=near_threshold,
+        shingle=shingle,
+        prompt_field=prompt_field,
+        id_field=id_field,
+        split=split,
+    )
+    summary = prepare_pool([InputSpec.parse(text) for text in inputs], out_dir, settings)
+    print_prepare(summary)
 
 
 @app.command()

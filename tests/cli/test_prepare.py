@@ -1,0 +1,57 @@
+"""`aidsafe prepare` on the command line: the summary it prints, the files it writes, and bad
+input ending in exit code 2 with one message naming the file and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_app import cli
+from tests.conftest import read_jsonl, write_prompts
+
+
+def test_prepare_writes_the_pool_and_the_report(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    first = write_prompts(tmp_path / "a.jsonl", ["How do I bake bread?", "Is the sky blue?"])
+    second = write_prompts(tmp_path / "b.jsonl", ["how do i BAKE bread", "Name a bird."])
+    code, out, err = cli(
+        capsys, "prepare", str(first), f"extra={second}", "--out", str(tmp_path / "pool")
+    )
+    assert code == 0, err
+    assert "a.jsonl │ 2 │ 2" in out and "extra │ 2 │ 1" in out and "all │ 4 │ 3" in out
+    assert "dropped exact duplicate: 1" in out
+    rows = read_jsonl(tmp_path / "pool" / "prompts.jsonl")
+    assert [row["id"] for row in rows] == ["p0", "a.jsonl:p1", "extra:p1"]
+    report = json.loads((tmp_path / "pool" / "report.json").read_text())
+    assert [entry["duplicate_of"]["id"] for entry in report["dropped"]] == ["p0"]
+    assert (tmp_path / "pool" / "report.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.jsonl"], "missing.jsonl: input file not found"),
+        (
+            ["p.jsonl", "--prompt-field", "text"],
+            "p.jsonl: no prompt field 'text' (fields: prompt, id)",
+        ),
+        (["p.jsonl", "--near-threshold", "1.2"], "--near-threshold: expected a number in (0, 1]"),
+        (["p.jsonl", "--shingle", "0"], "--shingle: expected a whole number of words >= 1"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_file_and_field(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_prompts(tmp_path / "p.jsonl", ["Hello"])
+    code, _, err = cli(capsys, "prepare", *args, "--out", "pool")
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "pool").exists()
