@@ -260,10 +260,35 @@ def prepare(
         typer.Option(help="Near duplicates: estimated Jaccard similarity at or above this."),
     ] = 0.7,
     shingle: Annotated[int, typer.Option(help="Near duplicates: compare word 1- to N-grams.")] = 2,
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Eval set to decontaminate against, as FILE:FIELD or DATASET:FIELD "
+            "(field default: prompt); repeat for more."
+        ),
+    ] = None,
+    against_split: Annotated[
+        str, typer.Option(help="Split of an eval set given as a HF dataset.")
+    ] = "test",
+    ngram: Annotated[
+        int, typer.Option(help="Decontamination: a shared run of N words is a match.")
+    ] = 13,
+    against_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Decontamination: Jaccard similarity with an eval item at or above this."
+        ),
+    ] = 0.7,
+    tfidf: Annotated[
+        bool, typer.Option("--tfidf", help="Decontamination: also TF-IDF cosine (scikit-learn).")
+    ] = False,
+    tfidf_threshold: Annotated[
+        float, typer.Option(help="With --tfidf: cosine similarity at or above this.")
+    ] = 0.7,
 ) -> None:
-    """Clean a prompt pool before generation: drop exact and near duplicates; write
-    prompts.jsonl for `generate` and a report of every dropped prompt."""
-    from aidsafe.tasks.prepare import InputSpec, PrepareSettings
+    """Clean a prompt pool before generation: drop exact and near duplicates and prompts found
+    in eval sets; write prompts.jsonl for `generate` and a report of every dropped prompt."""
+    from aidsafe.tasks.prepare import EvalSpec, InputSpec, PrepareSettings
     from aidsafe.tasks.prepare import prepare as prepare_pool
 
     settings = PrepareSettings(
@@ -272,6 +297,12 @@ def prepare(
         prompt_field=prompt_field,
         id_field=id_field,
         split=split,
+        against=tuple(EvalSpec.parse(text) for text in against or ()),
+        against_split=against_split,
+        ngram=ngram,
+        against_threshold=against_threshold,
+        tfidf=tfidf,
+        tfidf_threshold=tfidf_threshold,
     )
     summary = prepare_pool([InputSpec.parse(text) for text in inputs], out_dir, settings)
     print_prepare(summary)

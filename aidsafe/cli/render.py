@@ -157,6 +157,11 @@ def print_prepare(summary: Any) -> None:
     out.print(table)
     for reason, count in summary.dropped.items():
         out.print(f"  dropped {reason.replace('_', ' ')}: {count}")
+    for described in summary.evals:
+        out.print(
+            f"  eval set {escape(described['eval'])} ({described['items']} items): "
+            f"{described['matched']} pool prompts matched"
+        )
     out.print(
         f"Outputs in [bold]{escape(str(summary.out))}[/]: prompts.jsonl (the kept prompts), "
         "report.json and report.html (every dropped prompt, with why)"

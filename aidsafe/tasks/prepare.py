@@ -1,6 +1,7 @@
 """`aidsafe prepare`: a prompt pool cleaned before generation. Rows from several sources are
-tagged with their source, exact and near duplicates are dropped, and every dropped prompt is
-listed in report.json (and report.html) with why and what it duplicated."""
+tagged with their source, exact and near duplicates are dropped, and so are prompts found in
+the eval sets given; every dropped prompt is listed in report.json (and report.html) with why
+and what it matched."""
 
 from __future__ import annotations
 
@@ -50,22 +51,57 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
-class PrepareSettings:
-    """How the pool is read and cleaned. Thresholds are Jaccard similarities in (0, 1]."""
+class EvalSpec:
+    """An eval set the pool is checked against: a file, saved dataset folder or Hugging Face
+    dataset (`spec`, also the name it is reported by) and the field holding its prompts."""
 
-    near_threshold: float = 0.7  # near duplicates: estimated Jaccard of word 1..shingle-grams
-    shingle: int = 2  # longest word n-gram in a prompt's MinHash shingle set
+    spec: str
+    field: str
+
+    @classmethod
+    def parse(cls, text: str) -> EvalSpec:
+        """`SPEC:FIELD`, or `SPEC` alone for the field `prompt`. Text that names an existing
+        path is a path even if it holds `:`."""
+        spec, sep, name = text.rpartition(":")
+        if not sep or not spec or not name or "/" in name or Path(text).exists():
+            spec, name = text, "prompt"
+        return cls(spec, name)
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """How the pool is read and cleaned. Thresholds are similarities in (0, 1]."""
+
+    near_threshold: float = 0.7  # near duplicates: Jaccard of word 1..shingle-grams
+    shingle: int = 2  # longest word n-gram in a prompt's shingle set
     prompt_field: str = "prompt"
     id_field: str = "id"
     split: str = "train"
+    against: tuple[EvalSpec, ...] = ()  # eval sets the pool must not contain
+    against_split: str = "test"  # the split of an eval set given as a dataset
+    ngram: int = 13  # a shared word n-gram of this length is contamination
+    against_threshold: float = 0.7  # MinHash detector: Jaccard with an eval item
+    tfidf: bool = False  # also the TF-IDF cosine detector (needs scikit-learn)
+    tfidf_threshold: float = 0.7  # STAR-1's threshold
 
     def check(self) -> None:
-        if not 0 < self.near_threshold <= 1:
+        thresholds = {
+            "--near-threshold": self.near_threshold,
+            "--against-threshold": self.against_threshold,
+            "--tfidf-threshold": self.tfidf_threshold,
+        }
+        for option, value in thresholds.items():
+            if not 0 < value <= 1:
+                raise UserError(f"{option}: expected a number in (0, 1], got {value}")
+        for option, words in {"--shingle": self.shingle, "--ngram": self.ngram}.items():
+            if words < 1:
+                raise UserError(f"{option}: expected a whole number of words >= 1, got {words}")
+        given = Counter(self.against)
+        repeated = [spec for spec, count in given.items() if count > 1]
+        if repeated:
             raise UserError(
-                f"--near-threshold: expected a number in (0, 1], got {self.near_threshold}"
+                f"--against {repeated[0].spec}:{repeated[0].field}: this eval set is given twice"
             )
-        if self.shingle < 1:
-            raise UserError(f"--shingle: expected a whole number of words >= 1, got {self.shingle}")
 
 
 @dataclass
@@ -87,6 +123,7 @@ class PrepareSummary:
     kept: int
     dropped: dict[str, int]  # reason -> count
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)  # read/kept per source
+    evals: list[dict[str, Any]] = field(default_factory=list)  # per eval set: items, matched
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -267,6 +304,163 @@ def deduplicate(
     return kept
 
 
+# --- decontamination ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    eval: str  # the eval set's spec
+    row: int  # 0-based index in it
+    id: str
+    prompt: str
+
+
+def open_evals(settings: PrepareSettings) -> tuple[list[EvalItem], list[dict[str, Any]]]:
+    """Every eval set's usable items, and per set its name, field and counts. A missing file
+    or field stops the command; an item with no usable text is counted, not matched."""
+    items: list[EvalItem] = []
+    described: list[dict[str, Any]] = []
+    for spec in settings.against:
+        source = PromptSource(
+            spec.spec,
+            prompt_field=spec.field,
+            split=settings.against_split,
+            prompt_option=f"--against {spec.spec}:FIELD",
+        )
+        source.check()
+        usable = unusable = 0
+        for row in source:
+            if row.prompt is None:
+                unusable += 1
+                continue
+            items.append(EvalItem(spec.spec, row.index, row.id, row.prompt))
+            usable += 1
+        described.append(
+            {"eval": spec.spec, "field": spec.field, "items": usable, "unusable": unusable}
+        )
+    return items, described
+
+
+def _grams(words: list[str], size: int) -> set[str]:
+    return {" ".join(words[start : start + size]) for start in range(len(words) - size + 1)}
+
+
+class NgramIndex:
+    """Word n-grams of the eval items. A prompt that shares one with an item contains a run of
+    n words of it; an item shorter than n words (but of 3 or more) counts as one gram, found
+    when the prompt contains all of it word for word. Shorter items are left to MinHash."""
+
+    SHORTEST = 3
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.grams: dict[str, list[int]] = {}
+        self.counts: dict[int, int] = {}  # item key -> its number of grams
+        self.sizes: set[int] = set()  # gram lengths indexed
+
+    def add(self, key: int, text: str) -> None:
+        words = normalise(text).split()
+        if len(words) < min(self.n, self.SHORTEST):
+            return
+        size = min(self.n, len(words))
+        grams = _grams(words, size)
+        self.sizes.add(size)
+        self.counts[key] = len(grams)
+        for gram in grams:
+            self.grams.setdefault(gram, []).append(key)
+
+    def match(self, text: str) -> tuple[int, float] | None:
+        """The item with the largest share of its grams in the prompt (ties: the smallest key),
+        and that share."""
+        words = normalise(text).split()
+        hits: Counter[int] = Counter()
+        for size in self.sizes:
+            for gram in _grams(words, size):
+                hits.update(self.grams.get(gram, ()))
+        if not hits:
+            return None
+        key = max(sorted(hits), key=lambda k: hits[k] / self.counts[k])
+        return key, hits[key] / self.counts[key]
+
+
+def tfidf_matches(
+    prompts: list[str], items: list[EvalItem], threshold: float
+) -> list[tuple[int, float] | None]:
+    """Per prompt, the eval item of highest TF-IDF cosine similarity if it reaches the threshold
+    (STAR-1's detector). The vocabulary and weights are fitted on the pool and the eval sets
+    together; prompts go through in batches, so memory grows with the batch, not the pool."""
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+    except ImportError as error:
+        raise UserError(
+            "--tfidf needs scikit-learn: pip install 'aidsafe[tfidf]' (or scikit-learn)"
+        ) from error
+    if not prompts or not items:
+        return [None] * len(prompts)
+    vectorizer = TfidfVectorizer(preprocessor=normalise)
+    vectorizer.fit([*prompts, *(item.prompt for item in items)])
+    evals_t = vectorizer.transform([item.prompt for item in items]).T.tocsc()
+    found: list[tuple[int, float] | None] = []
+    for start in range(0, len(prompts), 512):
+        similarity = (vectorizer.transform(prompts[start : start + 512]) @ evals_t).tocsr()
+        best = similarity.argmax(axis=1).A1
+        for row, key in enumerate(best):
+            score = float(similarity[row, key])
+            found.append((int(key), score) if score >= threshold else None)
+    return found
+
+
+def _contaminated(row: PoolRow, detector: str, score: float, item: EvalItem) -> dict[str, Any]:
+    return {
+        "source": row.source,
+        "row": row.row,
+        "id": row.id,
+        "prompt": row.prompt,
+        "reason": "contaminated",
+        "detector": detector,
+        "score": round(score, 4),
+        "eval_item": {"eval": item.eval, "row": item.row, "id": item.id, "prompt": item.prompt},
+    }
+
+
+def decontaminate(
+    rows: list[PoolRow],
+    items: list[EvalItem],
+    settings: PrepareSettings,
+    dropped: list[dict[str, Any]],
+) -> list[PoolRow]:
+    """The rows that match no eval item; each other one goes to `dropped` with the first
+    detector that matched it, in the order n-gram overlap, MinHash Jaccard, TF-IDF cosine."""
+    if not items:
+        return rows
+    ngrams = NgramIndex(settings.ngram)
+    near = NearIndex(settings.against_threshold, settings.shingle)
+    for key, item in enumerate(items):
+        ngrams.add(key, item.prompt)
+        near.add(key, item.prompt, minhash_of(shingles(item.prompt, settings.shingle)))
+    clean: list[PoolRow] = []
+    for row in rows:
+        found = ngrams.match(row.prompt)
+        if found is not None:
+            dropped.append(_contaminated(row, "ngram", found[1], items[found[0]]))
+            continue
+        nearest, score, _ = near.match(row.prompt)
+        if nearest is not None:
+            dropped.append(_contaminated(row, "minhash", score, items[nearest]))
+            continue
+        clean.append(row)
+    if not settings.tfidf:
+        return clean
+    kept: list[PoolRow] = []
+    matches = tfidf_matches([row.prompt for row in clean], items, settings.tfidf_threshold)
+    for row, match in zip(clean, matches, strict=True):
+        if match is None:
+            kept.append(row)
+        else:
+            dropped.append(_contaminated(row, "tfidf", match[1], items[match[0]]))
+    return kept
+
+
 def output_ids(rows: list[PoolRow]) -> list[str]:
     """An id per kept row, unique over the pool (generate rejects a repeated id): the source's
     id, or `SOURCE:ID` where two rows share it, or `SOURCE:ID:ROW` where that is shared too."""
@@ -297,6 +491,7 @@ def prepare(
     settings = settings or PrepareSettings()
     settings.check()
     sources = open_sources(inputs, settings)
+    items, evals = open_evals(settings)
     dropped: list[dict[str, Any]] = []
     read: Counter[str] = Counter()
 
@@ -305,7 +500,11 @@ def prepare(
             read[row.source] += 1
             yield row
 
-    kept = deduplicate(counted(_pool(inputs, sources, dropped)), settings, dropped)
+    unique = deduplicate(counted(_pool(inputs, sources, dropped)), settings, dropped)
+    kept = decontaminate(unique, items, settings, dropped)
+    matched = Counter(entry["eval_item"]["eval"] for entry in dropped if "eval_item" in entry)
+    for described in evals:
+        described["matched"] = matched[described["eval"]]
     for entry in dropped:
         if entry["reason"] == "unusable":
             read[entry["source"]] += 1
@@ -320,6 +519,7 @@ def prepare(
         kept=len(kept),
         dropped=dict(sorted(Counter(entry["reason"] for entry in dropped).items())),
         per_source=per_source,
+        evals=evals,
     )
     report = {
         "created": now(),
@@ -331,7 +531,12 @@ def prepare(
             "prompt_field": settings.prompt_field,
             "id_field": settings.id_field,
             "split": settings.split,
+            "against_split": settings.against_split,
+            "ngram": settings.ngram,
+            "against_threshold": settings.against_threshold,
+            "tfidf_threshold": settings.tfidf_threshold if settings.tfidf else None,
         },
+        "evals": evals,
         "read": summary.read,
         "kept": summary.kept,
         "dropped_by_reason": summary.dropped,
@@ -353,6 +558,9 @@ def _matched(entry: dict[str, Any]) -> str:
     kept = entry.get("duplicate_of")
     if kept:
         return f"{kept['source']} row {kept['row']} (id {kept['id']})"
+    item = entry.get("eval_item")
+    if item:
+        return f"eval {item['eval']} row {item['row']} (id {item['id']}): {item['prompt']}"
     return ""
 
 

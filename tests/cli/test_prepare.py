@@ -30,6 +30,21 @@ def test_prepare_writes_the_pool_and_the_report(
     assert (tmp_path / "pool" / "report.html").exists()
 
 
+def test_prepare_against_an_eval_set(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pool = write_prompts(tmp_path / "a.jsonl", ["Tell me: is the sky blue?", "Name a bird."])
+    evals = tmp_path / "evals.csv"
+    evals.write_text("question,label\nIs the sky blue?,safe\n", encoding="utf-8")
+    code, out, err = cli(
+        capsys, "prepare", str(pool), "--against", f"{evals}:question", "--out", str(tmp_path / "o")
+    )
+    assert code == 0, err
+    assert "dropped contaminated: 1" in out
+    assert "evals.csv (1 items): 1 pool prompts matched" in out
+    assert [row["prompt"] for row in read_jsonl(tmp_path / "o" / "prompts.jsonl")] == [
+        "Name a bird."
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -40,6 +55,16 @@ def test_prepare_writes_the_pool_and_the_report(
         ),
         (["p.jsonl", "--near-threshold", "1.2"], "--near-threshold: expected a number in (0, 1]"),
         (["p.jsonl", "--shingle", "0"], "--shingle: expected a whole number of words >= 1"),
+        (["p.jsonl", "--against", "gone.csv:prompt"], "gone.csv: input file not found"),
+        (
+            ["p.jsonl", "--against", "p.jsonl:text"],
+            "p.jsonl: no prompt field 'text' (fields: prompt, id); pick one with --against "
+            "p.jsonl:FIELD",
+        ),
+        (
+            ["p.jsonl", "--against", "p.jsonl", "--against-threshold", "0"],
+            "--against-threshold: expected a number in (0, 1], got 0.0",
+        ),
     ],
 )
 def test_bad_input_exits_2_naming_the_file_and_field(
