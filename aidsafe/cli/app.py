@@ -285,6 +285,17 @@ def prepare(
     tfidf_threshold: Annotated[
         float, typer.Option(help="With --tfidf: cosine similarity at or above this.")
     ] = 0.7,
+    category_field: Annotated[
+        str | None,
+        typer.Option(help="Column with each prompt's categories (text, a list, or a mapping)."),
+    ] = None,
+    select: Annotated[
+        int | None,
+        typer.Option(help="Keep N prompts, balanced over source x category (as generate)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="With --select: which prompts of a bucket are kept.")
+    ] = None,
 ) -> None:
     """Clean a prompt pool before generation: drop exact and near duplicates and prompts found
     in eval sets; write prompts.jsonl for `generate` and a report of every dropped prompt."""
@@ -303,6 +314,9 @@ def prepare(
         against_threshold=against_threshold,
         tfidf=tfidf,
         tfidf_threshold=tfidf_threshold,
+        category_field=category_field,
+        select=select,
+        seed=seed,
     )
     summary = prepare_pool([InputSpec.parse(text) for text in inputs], out_dir, settings)
     print_prepare(summary)

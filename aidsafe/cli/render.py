@@ -157,6 +157,13 @@ def print_prepare(summary: Any) -> None:
     out.print(table)
     for reason, count in summary.dropped.items():
         out.print(f"  dropped {reason.replace('_', ' ')}: {count}")
+    if summary.buckets:
+        buckets = Table(title="selection (source / category)")
+        for column in ("bucket", "before", "after"):
+            buckets.add_column(column, justify="left" if column == "bucket" else "right")
+        for name, sizes in summary.buckets.items():
+            buckets.add_row(escape(name), str(sizes["before"]), str(sizes["after"]))
+        out.print(buckets)
     for described in summary.evals:
         out.print(
             f"  eval set {escape(described['eval'])} ({described['items']} items): "

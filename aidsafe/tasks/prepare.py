@@ -20,6 +20,7 @@ from typing import Any
 from aidsafe.errors import UserError
 from aidsafe.inputs import PromptSource
 from aidsafe.jsonl import now, write_atomic, write_jsonl
+from aidsafe.run.select import balanced_subset
 
 PROMPTS = "prompts.jsonl"
 REPORT_JSON = "report.json"
@@ -83,6 +84,9 @@ class PrepareSettings:
     against_threshold: float = 0.7  # MinHash detector: Jaccard with an eval item
     tfidf: bool = False  # also the TF-IDF cosine detector (needs scikit-learn)
     tfidf_threshold: float = 0.7  # STAR-1's threshold
+    category_field: str | None = None  # a column naming each prompt's categories
+    select: int | None = None  # keep this many, balanced over source x category
+    seed: int | None = None  # which prompts of a bucket the selection keeps
 
     def check(self) -> None:
         thresholds = {
@@ -96,6 +100,8 @@ class PrepareSettings:
         for option, words in {"--shingle": self.shingle, "--ngram": self.ngram}.items():
             if words < 1:
                 raise UserError(f"{option}: expected a whole number of words >= 1, got {words}")
+        if self.select is not None and self.select < 1:
+            raise UserError(f"--select: expected a number of prompts >= 1, got {self.select}")
         given = Counter(self.against)
         repeated = [spec for spec, count in given.items() if count > 1]
         if repeated:
@@ -114,6 +120,7 @@ class PoolRow:
     row: int  # 0-based index in its source
     id: str  # the source's id, or a content hash of the prompt
     prompt: str
+    categories: list[str] = field(default_factory=list)  # from the category field, if any
 
 
 @dataclass
@@ -124,6 +131,7 @@ class PrepareSummary:
     dropped: dict[str, int]  # reason -> count
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)  # read/kept per source
     evals: list[dict[str, Any]] = field(default_factory=list)  # per eval set: items, matched
+    buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # --select: before/after
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -198,6 +206,8 @@ def open_sources(inputs: list[InputSpec], settings: PrepareSettings) -> list[Pro
             prompt_field=settings.prompt_field,
             id_field=settings.id_field,
             split=settings.split,
+            extra_fields=(settings.category_field,) if settings.category_field else (),
+            extra_option="--category-field",
         )
         source.check()
         sources.append(source)
@@ -219,7 +229,10 @@ class NearIndex:
 
         self.threshold = threshold
         self.longest = longest
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM, weights=self.WEIGHTS)
+        # bands tuned above 0.9 are too few for datasketch (none at 1.0), and the exact check
+        # applies the real threshold to what 0.9's bands find
+        banding = min(threshold, 0.9)
+        self.lsh = MinHashLSH(threshold=banding, num_perm=NUM_PERM, weights=self.WEIGHTS)
         self.texts: dict[int, str] = {}
 
     def match(self, text: str) -> tuple[int | None, float, Any]:
@@ -243,8 +256,23 @@ class NearIndex:
         self.texts[key] = text
 
 
+def categories(value: Any) -> list[str]:
+    """A category column's value as a list of names: text is one name; a list holds names; a
+    mapping (BeaverTails' `category`) names those whose value is true; empty is none."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        return [str(name) for name, flag in value.items() if flag]
+    if isinstance(value, list | tuple):
+        return [str(name) for name in value if name is not None and name != ""]
+    return [str(value)]
+
+
 def _pool(
-    inputs: list[InputSpec], sources: list[PromptSource], dropped: list[dict[str, Any]]
+    inputs: list[InputSpec],
+    sources: list[PromptSource],
+    dropped: list[dict[str, Any]],
+    category_field: str | None = None,
 ) -> Iterator[PoolRow]:
     """The usable rows of every source in order; an unusable one goes to `dropped`."""
     position = 0
@@ -262,7 +290,8 @@ def _pool(
                     }
                 )
                 continue
-            yield PoolRow(position, spec.source, row.index, row.id, row.prompt)
+            named = categories(row.fields.get(category_field)) if category_field else []
+            yield PoolRow(position, spec.source, row.index, row.id, row.prompt, named)
             position += 1
 
 
@@ -479,8 +508,52 @@ def output_row(row: PoolRow, row_id: str) -> dict[str, Any]:
     return {
         "id": row_id,
         "prompt": row.prompt,
-        "metadata": {"source": row.source, "source_id": row.id, "source_row": row.row},
+        "metadata": {
+            "source": row.source,
+            "source_id": row.id,
+            "source_row": row.row,
+            "categories": row.categories,
+        },
     }
+
+
+def bucket_of(row: PoolRow) -> tuple[str, str]:
+    """The selection bucket: the source and the first category ("none" without one)."""
+    return row.source, row.categories[0] if row.categories else "none"
+
+
+def select(
+    rows: list[PoolRow], ids: list[str], settings: PrepareSettings, dropped: list[dict[str, Any]]
+) -> tuple[list[PoolRow], list[str], dict[str, dict[str, int]]]:
+    """`--select N`: the rows (and their ids) kept by the balanced rule `generate --select`
+    uses, over source x first category; each other row goes to `dropped`. Also the size of
+    each bucket before and after."""
+    pairs = list(zip(rows, ids, strict=True))
+    before = Counter(bucket_of(row) for row in rows)
+    if settings.select is None:
+        return rows, ids, {}
+    chosen = balanced_subset(
+        pairs, settings.select, lambda pair: bucket_of(pair[0]), lambda pair: pair[1], settings.seed
+    )
+    picked = {row.position for row, _ in chosen}
+    for row in rows:
+        if row.position not in picked:
+            dropped.append(
+                {
+                    "source": row.source,
+                    "row": row.row,
+                    "id": row.id,
+                    "prompt": row.prompt,
+                    "reason": "not_selected",
+                    "bucket": list(bucket_of(row)),
+                }
+            )
+    after = Counter(bucket_of(row) for row, _ in chosen)
+    buckets = {
+        f"{source} / {category}": {"before": count, "after": after[(source, category)]}
+        for (source, category), count in sorted(before.items())
+    }
+    return [row for row, _ in chosen], [row_id for _, row_id in chosen], buckets
 
 
 def prepare(
@@ -500,8 +573,10 @@ def prepare(
             read[row.source] += 1
             yield row
 
-    unique = deduplicate(counted(_pool(inputs, sources, dropped)), settings, dropped)
-    kept = decontaminate(unique, items, settings, dropped)
+    pool = _pool(inputs, sources, dropped, settings.category_field)
+    unique = deduplicate(counted(pool), settings, dropped)
+    clean = decontaminate(unique, items, settings, dropped)
+    kept, ids, buckets = select(clean, output_ids(clean), settings, dropped)
     matched = Counter(entry["eval_item"]["eval"] for entry in dropped if "eval_item" in entry)
     for described in evals:
         described["matched"] = matched[described["eval"]]
@@ -520,6 +595,7 @@ def prepare(
         dropped=dict(sorted(Counter(entry["reason"] for entry in dropped).items())),
         per_source=per_source,
         evals=evals,
+        buckets=buckets,
     )
     report = {
         "created": now(),
@@ -535,16 +611,19 @@ def prepare(
             "ngram": settings.ngram,
             "against_threshold": settings.against_threshold,
             "tfidf_threshold": settings.tfidf_threshold if settings.tfidf else None,
+            "category_field": settings.category_field,
+            "select": settings.select,
+            "seed": settings.seed,
         },
         "evals": evals,
         "read": summary.read,
         "kept": summary.kept,
         "dropped_by_reason": summary.dropped,
         "per_source": per_source,
+        "buckets": buckets,
         "dropped": dropped,
     }
     out.mkdir(parents=True, exist_ok=True)
-    ids = output_ids(kept)
     write_jsonl(out / PROMPTS, (output_row(row, i) for row, i in zip(kept, ids, strict=True)))
     write_atomic(out / REPORT_JSON, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_atomic(out / REPORT_HTML, report_html(report))
@@ -561,6 +640,8 @@ def _matched(entry: dict[str, Any]) -> str:
     item = entry.get("eval_item")
     if item:
         return f"eval {item['eval']} row {item['row']} (id {item['id']}): {item['prompt']}"
+    if "bucket" in entry:
+        return "bucket " + " / ".join(entry["bucket"])
     return ""
 
 
@@ -577,6 +658,16 @@ def report_html(report: dict[str, Any]) -> str:
     reasons = "".join(
         f"<tr>{cell(reason)}{cell(count)}</tr>"
         for reason, count in report["dropped_by_reason"].items()
+    )
+    buckets = "".join(
+        f"<tr>{cell(name)}{cell(sizes['before'])}{cell(sizes['after'])}</tr>"
+        for name, sizes in report["buckets"].items()
+    )
+    selection = (
+        '<h2>Selection, by source / category</h2>\n<table id="buckets"><tr><th>bucket</th>'
+        f"<th>before</th><th>after</th></tr>{buckets}</table>"
+        if buckets
+        else ""
     )
     dropped = "".join(
         "<tr>"
@@ -605,6 +696,7 @@ th {{ background: #eee; }}
 <table id="sources"><tr><th>source</th><th>read</th><th>kept</th></tr>{counts}</table>
 <h2>Dropped, by reason</h2>
 <table id="reasons"><tr><th>reason</th><th>prompts</th></tr>{reasons}</table>
+{selection}
 <h2>Every dropped prompt</h2>
 <table id="dropped"><tr><th>reason</th><th>source</th><th>row</th><th>id</th><th>prompt</th>
 <th>detector</th><th>score</th><th>matched</th></tr>{dropped}</table>

@@ -80,3 +80,27 @@ def test_bad_input_exits_2_naming_the_file_and_field(
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "pool").exists()
+
+
+def test_prepare_selects_a_balanced_subset(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rows = [
+        {"prompt": f"Tell me about {animal}.", "kind": kind}
+        for animal, kind in [
+            ("cats", "pets"),
+            ("dogs", "pets"),
+            ("owls", "birds"),
+            ("hens", "birds"),
+            ("eels", "fish"),
+        ]
+    ]
+    pool = tmp_path / "p.jsonl"
+    pool.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    args = ["prepare", str(pool), "--category-field", "kind", "--select", "3", "--seed", "4"]
+    code, out, err = cli(capsys, *args, "--near-threshold", "1", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert "p.jsonl / pets │ 2 │ 1" in out and "p.jsonl / fish │ 1 │ 1" in out
+    assert "dropped not selected: 2" in out
+    kept = read_jsonl(tmp_path / "o" / "prompts.jsonl")
+    assert sorted(row["metadata"]["categories"][0] for row in kept) == ["birds", "fish", "pets"]

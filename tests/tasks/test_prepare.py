@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ def test_exact_and_near_copies_are_dropped_far_ones_kept(
     assert kept[3] == {
         "id": "b4",
         "prompt": FAR["same_topic"],
-        "metadata": {"source": "planted", "source_id": "b4", "source_row": 4},
+        "metadata": {"source": "planted", "source_id": "b4", "source_row": 4, "categories": []},
     }
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert (report["read"], report["kept"]) == (9, 5)
@@ -154,8 +155,9 @@ def test_the_first_copy_in_input_order_is_kept(tmp_path: Path, pool: list[InputS
 
 
 def test_the_near_threshold_is_a_setting(tmp_path: Path, pool: list[InputSpec]) -> None:
-    strict = prepare(pool, tmp_path / "strict", PrepareSettings(near_threshold=0.95))
-    assert strict.dropped == {"exact_duplicate": 1}
+    for threshold in (0.95, 1.0):  # 1.0: only the same set of word grams
+        strict = prepare(pool, tmp_path / "strict", PrepareSettings(near_threshold=threshold))
+        assert strict.dropped == {"exact_duplicate": 1}
     loose = prepare(pool, tmp_path / "loose", PrepareSettings(near_threshold=0.3))
     assert loose.dropped["near_duplicate"] == 4  # now the same-topic prompt goes too
     for threshold in (0.0, 1.5, -1):
@@ -364,3 +366,82 @@ def test_eval_set_names() -> None:
     assert EvalSpec.parse("xstest.csv") == EvalSpec("xstest.csv", "prompt")
     assert EvalSpec.parse("walledai/XSTest:question") == EvalSpec("walledai/XSTest", "question")
     assert EvalSpec.parse("walledai/XSTest") == EvalSpec("walledai/XSTest", "prompt")
+
+
+# --- balanced selection --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tagged_pool(tmp_path: Path) -> list[InputSpec]:
+    first = [{"id": f"a{n}", "prompt": f"prompt a{n}", "topic": "fraud"} for n in range(4)]
+    first += [{"id": f"a{n}", "prompt": f"prompt a{n}", "topic": "harm"} for n in (4, 5)]
+    second = [
+        {"id": "b0", "prompt": "prompt b0", "topic": ["harm", "weapons"]},
+        {"id": "b1", "prompt": "prompt b1", "topic": {"violence": True, "privacy": False}},
+        {"id": "b2", "prompt": "prompt b2", "topic": None},
+    ]
+    return [
+        InputSpec.parse(f"a={write_jsonl(tmp_path / 'a.jsonl', first)}"),
+        InputSpec.parse(f"b={write_jsonl(tmp_path / 'b.jsonl', second)}"),
+    ]
+
+
+def _select(pool: list[InputSpec], out: Path, **settings: Any) -> list[dict[str, Any]]:
+    # near duplicates off: these prompts differ in one word on purpose
+    defaults: dict[str, Any] = {"near_threshold": 1.0, "category_field": "topic"}
+    prepare(pool, out, PrepareSettings(**(defaults | settings)))
+    return read_jsonl(out / "prompts.jsonl")
+
+
+def test_selection_balances_source_by_category(
+    tmp_path: Path, tagged_pool: list[InputSpec]
+) -> None:
+    everything = _select(tagged_pool, tmp_path / "all")
+    assert [row["metadata"]["categories"] for row in everything[-3:]] == [
+        ["harm", "weapons"],
+        ["violence"],
+        [],
+    ]
+    rows = _select(tagged_pool, tmp_path / "five", select=5)
+    buckets = Counter(
+        (row["metadata"]["source"], (row["metadata"]["categories"] or ["none"])[0]) for row in rows
+    )
+    # the largest bucket is trimmed first: a/fraud 4 -> 2, then a/fraud and a/harm at 2 each
+    assert buckets == {
+        ("a", "fraud"): 1,
+        ("a", "harm"): 1,
+        ("b", "harm"): 1,
+        ("b", "violence"): 1,
+        ("b", "none"): 1,
+    }
+    report = json.loads((tmp_path / "five" / "report.json").read_text())
+    assert report["buckets"]["a / fraud"] == {"before": 4, "after": 1}
+    assert report["dropped_by_reason"] == {"not_selected": 4}
+    not_selected = [entry for entry in report["dropped"] if entry["reason"] == "not_selected"]
+    assert {tuple(entry["bucket"]) for entry in not_selected} == {("a", "fraud"), ("a", "harm")}
+    assert "a / fraud" in (tmp_path / "five" / "report.html").read_text()
+    # more than the pool holds: everything is kept
+    assert len(_select(tagged_pool, tmp_path / "many", select=50)) == 9
+
+
+def test_selection_is_reproducible_with_a_seed(
+    tmp_path: Path, tagged_pool: list[InputSpec]
+) -> None:
+    def picked(seed: int | None, out: str) -> list[str]:
+        return [row["id"] for row in _select(tagged_pool, tmp_path / out, select=5, seed=seed)]
+
+    assert picked(1, "one") == picked(1, "again")
+    assert picked(None, "none") == picked(None, "none_again")
+    # the seed decides which prompts of a trimmed bucket stay
+    assert len({tuple(picked(seed, f"s{seed}")) for seed in range(6)}) > 1
+
+
+def test_bad_selection_settings(tmp_path: Path, tagged_pool: list[InputSpec]) -> None:
+    with pytest.raises(UserError, match=r"--select: expected a number of prompts >= 1, got 0"):
+        _select(tagged_pool, tmp_path / "out", select=0)
+    with pytest.raises(
+        UserError,
+        match=r"a\.jsonl: no field 'kind' \(fields: id, prompt, topic\); "
+        r"pick one with --category-field",
+    ):
+        _select(tagged_pool, tmp_path / "out", category_field="kind")
