@@ -257,7 +257,7 @@ def prepare(
     split: Annotated[str, typer.Option(help="Split of a HF dataset.")] = "train",
     near_threshold: Annotated[
         float,
-        typer.Option(help="Near duplicates: estimated Jaccard similarity at or above this."),
+        typer.Option(help="Near duplicates: Jaccard similarity at or above this."),
     ] = 0.7,
     shingle: Annotated[int, typer.Option(help="Near duplicates: compare word 1- to N-grams.")] = 2,
     against: Annotated[

@@ -26,8 +26,8 @@ PROMPTS = "prompts.jsonl"
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 
-# MinHash signatures: 128 permutations estimate a Jaccard similarity within about +-0.09 (two
-# standard deviations); the seed is fixed so that the same pool always keeps the same rows.
+# MinHash signatures only find candidates in the LSH index (the exact Jaccard decides); 128
+# permutations is datasketch's default, and the seed is fixed so a pool always finds the same.
 NUM_PERM = 128
 MINHASH_SEED = 1
 
@@ -312,7 +312,8 @@ def deduplicate(
     rows: Iterator[PoolRow], settings: PrepareSettings, dropped: list[dict[str, Any]]
 ) -> list[PoolRow]:
     """The rows left after exact dedup (same normalised text) and near-duplicate dedup (MinHash
-    LSH); the first copy in pool order is kept, each other copy goes to `dropped`."""
+    LSH candidates, exact Jaccard); the first copy in pool order is kept, each other copy goes
+    to `dropped`."""
     kept: list[PoolRow] = []
     by_hash: dict[str, PoolRow] = {}
     near = NearIndex(settings.near_threshold, settings.shingle)
