@@ -48,9 +48,13 @@ class PromptSource:
         id_field_required: bool = False,
         text_fields: dict[str, str] | None = None,
         extra_fields: tuple[str, ...] = (),
+        prompt_option: str = "--prompt-field",
+        extra_option: str = "its option",
     ) -> None:
         """`text_fields`: more columns that must hold text, each with the option that names it
-        (for error messages). `extra_fields`: columns carried along in PromptRow.fields."""
+        (for error messages). `extra_fields`: columns carried along in PromptRow.fields.
+        `prompt_option`, `extra_option`: the options that name the prompt field and the extra
+        fields (for error messages)."""
         self.spec = spec
         self.prompt_field = prompt_field
         self.id_field = id_field
@@ -58,6 +62,8 @@ class PromptSource:
         self.id_field_required = id_field_required
         self.text_fields = text_fields or {}
         self.extra_fields = extra_fields
+        self.prompt_option = prompt_option
+        self.extra_option = extra_option
         path = Path(spec)
         if path.is_dir():
             self.kind = "saved" if (path / "dataset_info.json").exists() else "hub"
@@ -261,9 +267,9 @@ class PromptSource:
         if count and not seen_prompt_field:
             raise UserError(
                 f"{self.spec}: no prompt field {self.prompt_field!r} "
-                f"(fields: {', '.join(available) or 'none'}); pick one with --prompt-field"
+                f"(fields: {', '.join(available) or 'none'}); pick one with {self.prompt_option}"
             )
-        flags = {**dict.fromkeys(self.extra_fields, "its option"), **self.text_fields}
+        flags = {**dict.fromkeys(self.extra_fields, self.extra_option), **self.text_fields}
         for name, flag in flags.items():
             if count and name not in seen:
                 raise UserError(

@@ -20,6 +20,7 @@ from aidsafe.cli.render import (
     out,
     print_grades,
     print_judge_summary,
+    print_prepare,
     print_recipes,
     print_stage,
 )
@@ -281,6 +282,90 @@ def _engine(engine: str, ray_address: str | None, workers: int | None) -> Any:
     if ray_address is not None or workers is not None:
         raise UserError("--ray-address and --workers need --engine ray")
     return None
+
+
+@app.command()
+def prepare(
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Prompt sources: JSONL, CSV or Parquet files, saved dataset folders or HF "
+            "names; NAME=INPUT tags the rows with NAME (default: the file or dataset name)."
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    prompt_field: Annotated[
+        str, typer.Option(help="Column with the prompt in every input.")
+    ] = "prompt",
+    id_field: Annotated[
+        str, typer.Option(help="Column with the row id (default: id, else a content hash).")
+    ] = "id",
+    split: Annotated[str, typer.Option(help="Split of a HF dataset.")] = "train",
+    near_threshold: Annotated[
+        float,
+        typer.Option(help="Near duplicates: Jaccard similarity at or above this."),
+    ] = 0.7,
+    shingle: Annotated[int, typer.Option(help="Near duplicates: compare word 1- to N-grams.")] = 2,
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Eval set to decontaminate against, as FILE:FIELD or DATASET:FIELD "
+            "(field default: prompt); repeat for more."
+        ),
+    ] = None,
+    against_split: Annotated[
+        str, typer.Option(help="Split of an eval set given as a HF dataset.")
+    ] = "test",
+    ngram: Annotated[
+        int, typer.Option(help="Decontamination: a shared run of N words is a match.")
+    ] = 13,
+    against_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Decontamination: Jaccard similarity with an eval item at or above this."
+        ),
+    ] = 0.7,
+    tfidf: Annotated[
+        bool, typer.Option("--tfidf", help="Decontamination: also TF-IDF cosine (scikit-learn).")
+    ] = False,
+    tfidf_threshold: Annotated[
+        float, typer.Option(help="With --tfidf: cosine similarity at or above this.")
+    ] = 0.7,
+    category_field: Annotated[
+        str | None,
+        typer.Option(help="Column with each prompt's categories (text, a list, or a mapping)."),
+    ] = None,
+    select: Annotated[
+        int | None,
+        typer.Option(help="Keep N prompts, balanced over source x category (as generate)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="With --select: which prompts of a bucket are kept.")
+    ] = None,
+) -> None:
+    """Clean a prompt pool before generation: drop exact and near duplicates and prompts found
+    in eval sets; write prompts.jsonl for `generate` and a report of every dropped prompt."""
+    from aidsafe.tasks.prepare import EvalSpec, InputSpec, PrepareSettings
+    from aidsafe.tasks.prepare import prepare as prepare_pool
+
+    settings = PrepareSettings(
+        near_threshold=near_threshold,
+        shingle=shingle,
+        prompt_field=prompt_field,
+        id_field=id_field,
+        split=split,
+        against=tuple(EvalSpec.parse(text) for text in against or ()),
+        against_split=against_split,
+        ngram=ngram,
+        against_threshold=against_threshold,
+        tfidf=tfidf,
+        tfidf_threshold=tfidf_threshold,
+        category_field=category_field,
+        select=select,
+        seed=seed,
+    )
+    summary = prepare_pool([InputSpec.parse(text) for text in inputs], out_dir, settings)
+    print_prepare(summary)
 
 
 @app.command()

@@ -162,3 +162,32 @@ def print_recipes(recipes: dict[str, Any], chains: dict[str, tuple[str, ...]]) -
     for name, steps in chains.items():
         table.add_row(name, "chain: " + " then ".join(steps), "", "prompts")
     out.print(table)
+
+
+def print_prepare(summary: Any) -> None:
+    """`aidsafe prepare`: rows read and kept per source, then the drops per reason."""
+    table = Table(title="prompt pool")
+    for column in ("source", "read", "kept"):
+        table.add_column(column, justify="left" if column == "source" else "right")
+    for name, numbers in summary.per_source.items():
+        table.add_row(escape(name), str(numbers["read"]), str(numbers["kept"]))
+    table.add_row("[bold]all[/]", str(summary.read), str(summary.kept))
+    out.print(table)
+    for reason, count in summary.dropped.items():
+        out.print(f"  dropped {reason.replace('_', ' ')}: {count}")
+    if summary.buckets:
+        buckets = Table(title="selection (source / category)")
+        for column in ("bucket", "before", "after"):
+            buckets.add_column(column, justify="left" if column == "bucket" else "right")
+        for name, sizes in summary.buckets.items():
+            buckets.add_row(escape(name), str(sizes["before"]), str(sizes["after"]))
+        out.print(buckets)
+    for described in summary.evals:
+        out.print(
+            f"  eval set {escape(described['eval'])} ({described['items']} items): "
+            f"{described['matched']} pool prompts matched"
+        )
+    out.print(
+        f"Outputs in [bold]{escape(str(summary.out))}[/]: prompts.jsonl (the kept prompts), "
+        "report.json and report.html (every dropped prompt, with why)"
+    )

@@ -50,3 +50,29 @@ def test_selection_trims_the_largest_buckets_first() -> None:
     assert buckets.count(("original", "none")) == 2
     assert buckets.count(("corrected", "fraud")) == 2
     assert buckets.count(("corrected", "harm")) == 1
+
+
+def test_the_heap_trims_as_one_removal_at_a_time_would() -> None:
+    import hashlib
+    import random
+
+    from aidsafe.run.select import balanced_subset
+
+    def one_at_a_time(items: list[tuple[str, str, int]], n: int) -> list[tuple[str, str, int]]:
+        # the rule as stated: find the largest bucket (first in sort order), drop its last item
+        buckets: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
+        for item in items:
+            buckets.setdefault(item[:2], []).append(item)
+        for members in buckets.values():
+            members.sort(key=lambda i: hashlib.sha256(f"7:{i[2]}".encode()).hexdigest())
+        while sum(len(m) for m in buckets.values()) > n:
+            key = max(sorted(buckets), key=lambda k: len(buckets[k]))
+            buckets[key].pop()
+        kept = {item for members in buckets.values() for item in members}
+        return [item for item in items if item in kept]
+
+    chance = random.Random(3)
+    items = [(chance.choice("abc"), chance.choice("xyz"), i) for i in range(300)]
+    for n in (0, 1, 17, 100, 299, 300, 400):
+        picked = balanced_subset(items, n, lambda i: i[:2], lambda i: str(i[2]), seed=7)
+        assert picked == one_at_a_time(items, n)

@@ -1,0 +1,705 @@
+"""`aidsafe prepare`: a prompt pool cleaned before generation. Rows from several sources are
+tagged with their source, exact and near duplicates are dropped, and so are prompts found in
+the eval sets given; every dropped prompt is listed in report.json (and report.html) with why
+and what it matched."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import html
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aidsafe.errors import UserError
+from aidsafe.inputs import PromptSource
+from aidsafe.jsonl import now, write_atomic, write_jsonl
+from aidsafe.run.select import balanced_subset
+
+PROMPTS = "prompts.jsonl"
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+
+# MinHash signatures only find candidates in the LSH index (the exact Jaccard decides); 128
+# permutations is datasketch's default, and the seed is fixed so a pool always finds the same.
+NUM_PERM = 128
+MINHASH_SEED = 1
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One pool input: a file, saved dataset folder or Hugging Face dataset (`spec`), and the
+    name its rows are tagged with (`source`)."""
+
+    spec: str
+    source: str
+
+    @classmethod
+    def parse(cls, text: str) -> InputSpec:
+        """`SPEC`, tagged with its file name (a dataset by its name), or `NAME=SPEC`. Text that
+        names an existing path is a path even if it holds `=`."""
+        name, sep, spec = text.partition("=")
+        if sep and name and spec and not Path(text).exists() and "/" not in name:
+            return cls(spec, name)
+        path = Path(text)
+        return cls(text, path.name if path.exists() else text)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """An eval set the pool is checked against: a file, saved dataset folder or Hugging Face
+    dataset (`spec`, also the name it is reported by) and the field holding its prompts."""
+
+    spec: str
+    field: str
+
+    @classmethod
+    def parse(cls, text: str) -> EvalSpec:
+        """`SPEC:FIELD`, or `SPEC` alone for the field `prompt`. Text that names an existing
+        path is a path even if it holds `:`."""
+        spec, sep, name = text.rpartition(":")
+        if not sep or not spec or not name or "/" in name or Path(text).exists():
+            spec, name = text, "prompt"
+        return cls(spec, name)
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """How the pool is read and cleaned. Thresholds are similarities in (0, 1]."""
+
+    near_threshold: float = 0.7  # near duplicates: Jaccard of word 1..shingle-grams
+    shingle: int = 2  # longest word n-gram in a prompt's shingle set
+    prompt_field: str = "prompt"
+    id_field: str = "id"
+    split: str = "train"
+    against: tuple[EvalSpec, ...] = ()  # eval sets the pool must not contain
+    against_split: str = "test"  # the split of an eval set given as a dataset
+    ngram: int = 13  # a shared word n-gram of this length is contamination
+    against_threshold: float = 0.7  # MinHash detector: Jaccard with an eval item
+    tfidf: bool = False  # also the TF-IDF cosine detector (needs scikit-learn)
+    tfidf_threshold: float = 0.7  # STAR-1's threshold
+    category_field: str | None = None  # a column naming each prompt's categories
+    select: int | None = None  # keep this many, balanced over source x category
+    seed: int | None = None  # which prompts of a bucket the selection keeps
+
+    def check(self) -> None:
+        thresholds = {
+            "--near-threshold": self.near_threshold,
+            "--against-threshold": self.against_threshold,
+            "--tfidf-threshold": self.tfidf_threshold,
+        }
+        for option, value in thresholds.items():
+            if not 0 < value <= 1:
+                raise UserError(f"{option}: expected a number in (0, 1], got {value}")
+        for option, words in {"--shingle": self.shingle, "--ngram": self.ngram}.items():
+            if words < 1:
+                raise UserError(f"{option}: expected a whole number of words >= 1, got {words}")
+        if self.select is not None and self.select < 1:
+            raise UserError(f"--select: expected a number of prompts >= 1, got {self.select}")
+        given = Counter(self.against)
+        repeated = [spec for spec, count in given.items() if count > 1]
+        if repeated:
+            raise UserError(
+                f"--against {repeated[0].spec}:{repeated[0].field}: this eval set is given twice"
+            )
+
+
+@dataclass
+class PoolRow:
+    """A prompt of the pool; `position` orders the pool (inputs in the order given, then rows
+    in source order) and decides which copy of a duplicate is kept: the first."""
+
+    position: int
+    source: str
+    row: int  # 0-based index in its source
+    id: str  # the source's id, or a content hash of the prompt
+    prompt: str
+    categories: list[str] = field(default_factory=list)  # from the category field, if any
+
+
+@dataclass
+class PrepareSummary:
+    out: Path
+    read: int
+    kept: int
+    dropped: dict[str, int]  # reason -> count
+    per_source: dict[str, dict[str, int]] = field(default_factory=dict)  # read/kept per source
+    evals: list[dict[str, Any]] = field(default_factory=list)  # per eval set: items, matched
+    buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # --select: before/after
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def normalise(text: str) -> str:
+    """The text compared for duplicates: Unicode-compatibility folded, case-folded, with
+    punctuation and runs of white space turned into single spaces."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return _NON_WORD.sub(" ", folded).strip()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
+
+
+def shingles(text: str, longest: int) -> set[str]:
+    """Word 1- to `longest`-grams of the normalised text: single words make a reordered or
+    re-punctuated prompt match, the longer grams keep apart prompts made of the same words."""
+    words = normalise(text).split()
+    grams = {
+        " ".join(words[start : start + size])
+        for size in range(1, longest + 1)
+        for start in range(len(words) - size + 1)
+    }
+    return grams or {""}
+
+
+@functools.cache
+def _template() -> Any:
+    """A MinHash whose permutations every signature shares: drawing them anew for each prompt
+    costs three quarters of the time of a signature."""
+    from datasketch import MinHash
+
+    return MinHash(num_perm=NUM_PERM, seed=MINHASH_SEED)
+
+
+def minhash_of(grams: set[str]) -> Any:
+    from datasketch import MinHash
+
+    template = _template()
+    signature = MinHash(
+        num_perm=NUM_PERM,
+        seed=MINHASH_SEED,
+        permutations=template.permutations,
+        scheme=template.scheme,
+    )
+    signature.update_batch([gram.encode("utf-8") for gram in grams])
+    return signature
+
+
+# --- the pool ------------------------------------------------------------------------------------
+
+
+def open_sources(inputs: list[InputSpec], settings: PrepareSettings) -> list[PromptSource]:
+    """Every input opened and read through once, so that a missing file, field or bad line
+    stops the command before any output is written."""
+    if not inputs:
+        raise UserError("prepare needs at least one input")
+    names = Counter(spec.source for spec in inputs)
+    repeated = [name for name, count in names.items() if count > 1]
+    if repeated:
+        raise UserError(
+            f"{repeated[0]}: two inputs have this source name; name them with NAME=INPUT"
+        )
+    sources = []
+    for spec in inputs:
+        source = PromptSource(
+            spec.spec,
+            prompt_field=settings.prompt_field,
+            id_field=settings.id_field,
+            split=settings.split,
+            extra_fields=(settings.category_field,) if settings.category_field else (),
+            extra_option="--category-field",
+        )
+        source.check()
+        sources.append(source)
+    return sources
+
+
+class NearIndex:
+    """MinHash signatures in an LSH index, which finds candidates fast and approximately; each
+    candidate is then confirmed by the exact Jaccard similarity of the two shingle sets, so a
+    reported score is exact and every match reaches the threshold. The index keeps only its
+    band hashes and each key's text, nothing that grows with the square of the pool."""
+
+    # LSH bands are tuned to the threshold by weighing a missed pair 9 times a false candidate:
+    # the confirmation step removes false candidates, nothing brings a missed pair back.
+    WEIGHTS = (0.1, 0.9)
+
+    def __init__(self, threshold: float, longest: int) -> None:
+        from datasketch import MinHashLSH
+
+        self.threshold = threshold
+        self.longest = longest
+        # bands tuned above 0.9 are too few for datasketch (none at 1.0), and the exact check
+        # applies the real threshold to what 0.9's bands find
+        banding = min(threshold, 0.9)
+        self.lsh = MinHashLSH(threshold=banding, num_perm=NUM_PERM, weights=self.WEIGHTS)
+        self.texts: dict[int, str] = {}
+
+    def match(self, text: str) -> tuple[int | None, float, Any]:
+        """The most similar indexed key at or above the threshold (ties: the smallest key; None
+        if there is none) and its Jaccard similarity, with the text's signature (to `add` the
+        text without computing it again)."""
+        grams = shingles(text, self.longest)
+        signature = minhash_of(grams)
+        best: tuple[int, float] | None = None
+        for key in sorted(self.lsh.query(signature)):
+            other = shingles(self.texts[key], self.longest)
+            score = len(grams & other) / len(grams | other)
+            if score >= self.threshold and (best is None or score > best[1]):
+                best = (key, score)
+        if best is None:
+            return None, 0.0, signature
+        return best[0], best[1], signature
+
+    def add(self, key: int, text: str, signature: Any) -> None:
+        self.lsh.insert(key, signature)
+        self.texts[key] = text
+
+
+def categories(value: Any) -> list[str]:
+    """A category column's value as a list of names: text is one name; a list holds names; a
+    mapping (BeaverTails' `category`) names those whose value is true; empty is none."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        return [str(name) for name, flag in value.items() if flag]
+    if isinstance(value, list | tuple):
+        return [str(name) for name in value if name is not None and name != ""]
+    return [str(value)]
+
+
+def _pool(
+    inputs: list[InputSpec],
+    sources: list[PromptSource],
+    dropped: list[dict[str, Any]],
+    category_field: str | None = None,
+) -> Iterator[PoolRow]:
+    """The usable rows of every source in order; an unusable one goes to `dropped`."""
+    position = 0
+    for spec, source in zip(inputs, sources, strict=True):
+        for row in source:
+            if row.prompt is None:
+                dropped.append(
+                    {
+                        "source": spec.source,
+                        "row": row.index,
+                        "id": row.id,
+                        "prompt": None,
+                        "reason": "unusable",
+                        "detail": f"{spec.spec}: {row.problem}",
+                    }
+                )
+                continue
+            named = categories(row.fields.get(category_field)) if category_field else []
+            yield PoolRow(position, spec.source, row.index, row.id, row.prompt, named)
+            position += 1
+
+
+def _drop(row: PoolRow, reason: str, detector: str, score: float, kept: PoolRow) -> dict[str, Any]:
+    return {
+        "source": row.source,
+        "row": row.row,
+        "id": row.id,
+        "prompt": row.prompt,
+        "reason": reason,
+        "detector": detector,
+        "score": round(score, 4),
+        "duplicate_of": {"source": kept.source, "row": kept.row, "id": kept.id},
+    }
+
+
+def deduplicate(
+    rows: Iterator[PoolRow], settings: PrepareSettings, dropped: list[dict[str, Any]]
+) -> list[PoolRow]:
+    """The rows left after exact dedup (same normalised text) and near-duplicate dedup (MinHash
+    LSH candidates, exact Jaccard); the first copy in pool order is kept, each other copy goes
+    to `dropped`."""
+    kept: list[PoolRow] = []
+    by_hash: dict[str, PoolRow] = {}
+    near = NearIndex(settings.near_threshold, settings.shingle)
+    by_position: dict[int, PoolRow] = {}
+    for row in rows:
+        digest = text_hash(row.prompt)
+        if digest in by_hash:
+            dropped.append(_drop(row, "exact_duplicate", "exact", 1.0, by_hash[digest]))
+            continue
+        by_hash[digest] = row
+        key, score, signature = near.match(row.prompt)
+        if key is not None:
+            dropped.append(_drop(row, "near_duplicate", "minhash", score, by_position[key]))
+            continue
+        near.add(row.position, row.prompt, signature)
+        by_position[row.position] = row
+        kept.append(row)
+    return kept
+
+
+# --- decontamination ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    eval: str  # the eval set's spec
+    row: int  # 0-based index in it
+    id: str
+    prompt: str
+
+
+def open_evals(settings: PrepareSettings) -> tuple[list[EvalItem], list[dict[str, Any]]]:
+    """Every eval set's usable items, and per set its name, field and counts. A missing file
+    or field stops the command; an item with no usable text is counted, not matched."""
+    items: list[EvalItem] = []
+    described: list[dict[str, Any]] = []
+    for spec in settings.against:
+        source = PromptSource(
+            spec.spec,
+            prompt_field=spec.field,
+            split=settings.against_split,
+            prompt_option=f"--against {spec.spec}:FIELD",
+        )
+        source.check()
+        usable = unusable = 0
+        for row in source:
+            if row.prompt is None:
+                unusable += 1
+                continue
+            items.append(EvalItem(spec.spec, row.index, row.id, row.prompt))
+            usable += 1
+        described.append(
+            {"eval": spec.spec, "field": spec.field, "items": usable, "unusable": unusable}
+        )
+    return items, described
+
+
+def _grams(words: list[str], size: int) -> set[str]:
+    return {" ".join(words[start : start + size]) for start in range(len(words) - size + 1)}
+
+
+class NgramIndex:
+    """Word n-grams of the eval items. A prompt that shares one with an item contains a run of
+    n words of it; an item shorter than n words (but of 3 or more) counts as one gram, found
+    when the prompt contains all of it word for word. Shorter items are left to MinHash."""
+
+    SHORTEST = 3
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.grams: dict[str, list[int]] = {}
+        self.counts: dict[int, int] = {}  # item key -> its number of grams
+        self.sizes: set[int] = set()  # gram lengths indexed
+
+    def add(self, key: int, text: str) -> None:
+        words = normalise(text).split()
+        if len(words) < min(self.n, self.SHORTEST):
+            return
+        size = min(self.n, len(words))
+        grams = _grams(words, size)
+        self.sizes.add(size)
+        self.counts[key] = len(grams)
+        for gram in grams:
+            self.grams.setdefault(gram, []).append(key)
+
+    def match(self, text: str) -> tuple[int, float] | None:
+        """The item with the largest share of its grams in the prompt (ties: the smallest key),
+        and that share."""
+        words = normalise(text).split()
+        hits: Counter[int] = Counter()
+        for size in self.sizes:
+            for gram in _grams(words, size):
+                hits.update(self.grams.get(gram, ()))
+        if not hits:
+            return None
+        key = max(sorted(hits), key=lambda k: hits[k] / self.counts[k])
+        return key, hits[key] / self.counts[key]
+
+
+def tfidf_matches(
+    prompts: list[str], items: list[EvalItem], threshold: float
+) -> list[tuple[int, float] | None]:
+    """Per prompt, the eval item of highest TF-IDF cosine similarity if it reaches the threshold
+    (STAR-1's detector). The vocabulary and weights are fitted on the pool and the eval sets
+    together; prompts go through in batches, so memory grows with the batch, not the pool."""
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+    except ImportError as error:
+        raise UserError(
+            "--tfidf needs scikit-learn: pip install 'aidsafe[tfidf]' (or scikit-learn)"
+        ) from error
+    if not prompts or not items:
+        return [None] * len(prompts)
+    vectorizer = TfidfVectorizer(preprocessor=normalise)
+    vectorizer.fit([*prompts, *(item.prompt for item in items)])
+    evals_t = vectorizer.transform([item.prompt for item in items]).T.tocsc()
+    found: list[tuple[int, float] | None] = []
+    for start in range(0, len(prompts), 512):
+        similarity = (vectorizer.transform(prompts[start : start + 512]) @ evals_t).tocsr()
+        best = similarity.argmax(axis=1).A1
+        for row, key in enumerate(best):
+            score = float(similarity[row, key])
+            found.append((int(key), score) if score >= threshold else None)
+    return found
+
+
+def _contaminated(row: PoolRow, detector: str, score: float, item: EvalItem) -> dict[str, Any]:
+    return {
+        "source": row.source,
+        "row": row.row,
+        "id": row.id,
+        "prompt": row.prompt,
+        "reason": "contaminated",
+        "detector": detector,
+        "score": round(score, 4),
+        "eval_item": {"eval": item.eval, "row": item.row, "id": item.id, "prompt": item.prompt},
+    }
+
+
+def decontaminate(
+    rows: list[PoolRow],
+    items: list[EvalItem],
+    settings: PrepareSettings,
+    dropped: list[dict[str, Any]],
+) -> list[PoolRow]:
+    """The rows that match no eval item; each other one goes to `dropped` with the first
+    detector that matched it, in the order n-gram overlap, MinHash Jaccard, TF-IDF cosine."""
+    if not items:
+        return rows
+    ngrams = NgramIndex(settings.ngram)
+    near = NearIndex(settings.against_threshold, settings.shingle)
+    for key, item in enumerate(items):
+        ngrams.add(key, item.prompt)
+        near.add(key, item.prompt, minhash_of(shingles(item.prompt, settings.shingle)))
+    clean: list[PoolRow] = []
+    for row in rows:
+        found = ngrams.match(row.prompt)
+        if found is not None:
+            dropped.append(_contaminated(row, "ngram", found[1], items[found[0]]))
+            continue
+        nearest, score, _ = near.match(row.prompt)
+        if nearest is not None:
+            dropped.append(_contaminated(row, "minhash", score, items[nearest]))
+            continue
+        clean.append(row)
+    if not settings.tfidf:
+        return clean
+    kept: list[PoolRow] = []
+    matches = tfidf_matches([row.prompt for row in clean], items, settings.tfidf_threshold)
+    for row, match in zip(clean, matches, strict=True):
+        if match is None:
+            kept.append(row)
+        else:
+            dropped.append(_contaminated(row, "tfidf", match[1], items[match[0]]))
+    return kept
+
+
+def output_ids(rows: list[PoolRow]) -> list[str]:
+    """An id per kept row, unique over the pool (generate rejects a repeated id): the source's
+    id, or `SOURCE:ID` where two rows share it, or `SOURCE:ID:ROW` where that is shared too."""
+    counts = Counter(row.id for row in rows)
+    ids = [row.id if counts[row.id] == 1 else f"{row.source}:{row.id}" for row in rows]
+    counts = Counter(ids)
+    return [
+        name if counts[name] == 1 else f"{name}:{row.row}"
+        for name, row in zip(ids, rows, strict=True)
+    ]
+
+
+def output_row(row: PoolRow, row_id: str) -> dict[str, Any]:
+    """A row of prompts.jsonl, as `aidsafe generate` reads it (`id`, `prompt`), with where it
+    came from in `metadata`."""
+    return {
+        "id": row_id,
+        "prompt": row.prompt,
+        "metadata": {
+            "source": row.source,
+            "source_id": row.id,
+            "source_row": row.row,
+            "categories": row.categories,
+        },
+    }
+
+
+def bucket_of(row: PoolRow) -> tuple[str, str]:
+    """The selection bucket: the source and the first category ("none" without one)."""
+    return row.source, row.categories[0] if row.categories else "none"
+
+
+def select(
+    rows: list[PoolRow], ids: list[str], settings: PrepareSettings, dropped: list[dict[str, Any]]
+) -> tuple[list[PoolRow], list[str], dict[str, dict[str, int]]]:
+    """`--select N`: the rows (and their ids) kept by the balanced rule `generate --select`
+    uses, over source x first category; each other row goes to `dropped`. Also the size of
+    each bucket before and after."""
+    pairs = list(zip(rows, ids, strict=True))
+    before = Counter(bucket_of(row) for row in rows)
+    if settings.select is None:
+        return rows, ids, {}
+    chosen = balanced_subset(
+        pairs, settings.select, lambda pair: bucket_of(pair[0]), lambda pair: pair[1], settings.seed
+    )
+    picked = {row.position for row, _ in chosen}
+    for row in rows:
+        if row.position not in picked:
+            dropped.append(
+                {
+                    "source": row.source,
+                    "row": row.row,
+                    "id": row.id,
+                    "prompt": row.prompt,
+                    "reason": "not_selected",
+                    "bucket": list(bucket_of(row)),
+                }
+            )
+    after = Counter(bucket_of(row) for row, _ in chosen)
+    buckets = {
+        f"{source} / {category}": {"before": count, "after": after[(source, category)]}
+        for (source, category), count in sorted(before.items())
+    }
+    return [row for row, _ in chosen], [row_id for _, row_id in chosen], buckets
+
+
+def prepare(
+    inputs: list[InputSpec], out: Path, settings: PrepareSettings | None = None
+) -> PrepareSummary:
+    """Read the inputs into one pool, drop duplicates, and write DIR/prompts.jsonl,
+    DIR/report.json and DIR/report.html. Nothing is dropped without a line in the report."""
+    settings = settings or PrepareSettings()
+    settings.check()
+    sources = open_sources(inputs, settings)
+    items, evals = open_evals(settings)
+    dropped: list[dict[str, Any]] = []
+    read: Counter[str] = Counter()
+
+    def counted(rows: Iterator[PoolRow]) -> Iterator[PoolRow]:
+        for row in rows:
+            read[row.source] += 1
+            yield row
+
+    pool = _pool(inputs, sources, dropped, settings.category_field)
+    unique = deduplicate(counted(pool), settings, dropped)
+    clean = decontaminate(unique, items, settings, dropped)
+    kept, ids, buckets = select(clean, output_ids(clean), settings, dropped)
+    matched = Counter(entry["eval_item"]["eval"] for entry in dropped if "eval_item" in entry)
+    for described in evals:
+        described["matched"] = matched[described["eval"]]
+    for entry in dropped:
+        if entry["reason"] == "unusable":
+            read[entry["source"]] += 1
+    kept_by_source = Counter(row.source for row in kept)
+    per_source = {
+        spec.source: {"read": read[spec.source], "kept": kept_by_source[spec.source]}
+        for spec in inputs
+    }
+    summary = PrepareSummary(
+        out=out,
+        read=sum(read.values()),
+        kept=len(kept),
+        dropped=dict(sorted(Counter(entry["reason"] for entry in dropped).items())),
+        per_source=per_source,
+        evals=evals,
+        buckets=buckets,
+    )
+    report = {
+        "created": now(),
+        "inputs": [{"source": spec.source, "spec": spec.spec} for spec in inputs],
+        "settings": {
+            "near_threshold": settings.near_threshold,
+            "shingle": settings.shingle,
+            "num_perm": NUM_PERM,
+            "prompt_field": settings.prompt_field,
+            "id_field": settings.id_field,
+            "split": settings.split,
+            "against_split": settings.against_split,
+            "ngram": settings.ngram,
+            "against_threshold": settings.against_threshold,
+            "tfidf_threshold": settings.tfidf_threshold if settings.tfidf else None,
+            "category_field": settings.category_field,
+            "select": settings.select,
+            "seed": settings.seed,
+        },
+        "evals": evals,
+        "read": summary.read,
+        "kept": summary.kept,
+        "dropped_by_reason": summary.dropped,
+        "per_source": per_source,
+        "buckets": buckets,
+        "dropped": dropped,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / PROMPTS, (output_row(row, i) for row, i in zip(kept, ids, strict=True)))
+    write_atomic(out / REPORT_JSON, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(out / REPORT_HTML, report_html(report))
+    return summary
+
+
+# --- the report page -----------------------------------------------------------------------------
+
+
+def _matched(entry: dict[str, Any]) -> str:
+    kept = entry.get("duplicate_of")
+    if kept:
+        return f"{kept['source']} row {kept['row']} (id {kept['id']})"
+    item = entry.get("eval_item")
+    if item:
+        return f"eval {item['eval']} row {item['row']} (id {item['id']}): {item['prompt']}"
+    if "bucket" in entry:
+        return "bucket " + " / ".join(entry["bucket"])
+    return ""
+
+
+def report_html(report: dict[str, Any]) -> str:
+    """report.json as one static page: the counts, then a table of every dropped prompt."""
+
+    def cell(value: Any) -> str:
+        return f"<td>{html.escape('' if value is None else str(value))}</td>"
+
+    counts = "".join(
+        f"<tr>{cell(name)}{cell(numbers['read'])}{cell(numbers['kept'])}</tr>"
+        for name, numbers in report["per_source"].items()
+    )
+    reasons = "".join(
+        f"<tr>{cell(reason)}{cell(count)}</tr>"
+        for reason, count in report["dropped_by_reason"].items()
+    )
+    buckets = "".join(
+        f"<tr>{cell(name)}{cell(sizes['before'])}{cell(sizes['after'])}</tr>"
+        for name, sizes in report["buckets"].items()
+    )
+    selection = (
+        '<h2>Selection, by source / category</h2>\n<table id="buckets"><tr><th>bucket</th>'
+        f"<th>before</th><th>after</th></tr>{buckets}</table>"
+        if buckets
+        else ""
+    )
+    dropped = "".join(
+        "<tr>"
+        + cell(entry["reason"])
+        + cell(entry["source"])
+        + cell(entry["row"])
+        + cell(entry["id"])
+        + cell(entry["prompt"] if entry["prompt"] is not None else entry.get("detail"))
+        + cell(entry.get("detector"))
+        + cell(entry.get("score"))
+        + cell(_matched(entry))
+        + "</tr>"
+        for entry in report["dropped"]
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>aidsafe prepare report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; margin-bottom: 2em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }}
+th {{ background: #eee; }}
+</style></head><body>
+<h1>Prompt pool: {report["kept"]} kept of {report["read"]} read</h1>
+<p>Made {html.escape(report["created"])}.</p>
+<h2>Sources</h2>
+<table id="sources"><tr><th>source</th><th>read</th><th>kept</th></tr>{counts}</table>
+<h2>Dropped, by reason</h2>
+<table id="reasons"><tr><th>reason</th><th>prompts</th></tr>{reasons}</table>
+{selection}
+<h2>Every dropped prompt</h2>
+<table id="dropped"><tr><th>reason</th><th>source</th><th>row</th><th>id</th><th>prompt</th>
+<th>detector</th><th>score</th><th>matched</th></tr>{dropped}</table>
+</body></html>
+"""

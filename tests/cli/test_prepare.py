@@ -1,0 +1,106 @@
+"""`aidsafe prepare` on the command line: the summary it prints, the files it writes, and bad
+input ending in exit code 2 with one message naming the file and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_app import cli
+from tests.conftest import read_jsonl, write_prompts
+
+
+def test_prepare_writes_the_pool_and_the_report(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    first = write_prompts(tmp_path / "a.jsonl", ["How do I bake bread?", "Is the sky blue?"])
+    second = write_prompts(tmp_path / "b.jsonl", ["how do i BAKE bread", "Name a bird."])
+    code, out, err = cli(
+        capsys, "prepare", str(first), f"extra={second}", "--out", str(tmp_path / "pool")
+    )
+    assert code == 0, err
+    assert "a.jsonl │ 2 │ 2" in out and "extra │ 2 │ 1" in out and "all │ 4 │ 3" in out
+    assert "dropped exact duplicate: 1" in out
+    rows = read_jsonl(tmp_path / "pool" / "prompts.jsonl")
+    assert [row["id"] for row in rows] == ["p0", "a.jsonl:p1", "extra:p1"]
+    report = json.loads((tmp_path / "pool" / "report.json").read_text())
+    assert [entry["duplicate_of"]["id"] for entry in report["dropped"]] == ["p0"]
+    assert (tmp_path / "pool" / "report.html").exists()
+
+
+def test_prepare_against_an_eval_set(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pool = write_prompts(tmp_path / "a.jsonl", ["Tell me: is the sky blue?", "Name a bird."])
+    evals = tmp_path / "evals.csv"
+    evals.write_text("question,label\nIs the sky blue?,safe\n", encoding="utf-8")
+    code, out, err = cli(
+        capsys, "prepare", str(pool), "--against", f"{evals}:question", "--out", str(tmp_path / "o")
+    )
+    assert code == 0, err
+    assert "dropped contaminated: 1" in out
+    assert "evals.csv (1 items): 1 pool prompts matched" in out
+    assert [row["prompt"] for row in read_jsonl(tmp_path / "o" / "prompts.jsonl")] == [
+        "Name a bird."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.jsonl"], "missing.jsonl: input file not found"),
+        (
+            ["p.jsonl", "--prompt-field", "text"],
+            "p.jsonl: no prompt field 'text' (fields: prompt, id)",
+        ),
+        (["p.jsonl", "--near-threshold", "1.2"], "--near-threshold: expected a number in (0, 1]"),
+        (["p.jsonl", "--shingle", "0"], "--shingle: expected a whole number of words >= 1"),
+        (["p.jsonl", "--against", "gone.csv:prompt"], "gone.csv: input file not found"),
+        (
+            ["p.jsonl", "--against", "p.jsonl:text"],
+            "p.jsonl: no prompt field 'text' (fields: prompt, id); pick one with --against "
+            "p.jsonl:FIELD",
+        ),
+        (
+            ["p.jsonl", "--against", "p.jsonl", "--against-threshold", "0"],
+            "--against-threshold: expected a number in (0, 1], got 0.0",
+        ),
+    ],
+)
+def test_bad_input_exits_2_naming_the_file_and_field(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_prompts(tmp_path / "p.jsonl", ["Hello"])
+    code, _, err = cli(capsys, "prepare", *args, "--out", "pool")
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "pool").exists()
+
+
+def test_prepare_selects_a_balanced_subset(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    rows = [
+        {"prompt": f"Tell me about {animal}.", "kind": kind}
+        for animal, kind in [
+            ("cats", "pets"),
+            ("dogs", "pets"),
+            ("owls", "birds"),
+            ("hens", "birds"),
+            ("eels", "fish"),
+        ]
+    ]
+    pool = tmp_path / "p.jsonl"
+    pool.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    args = ["prepare", str(pool), "--category-field", "kind", "--select", "3", "--seed", "4"]
+    code, out, err = cli(capsys, *args, "--near-threshold", "1", "--out", str(tmp_path / "o"))
+    assert code == 0, err
+    assert "p.jsonl / pets │ 2 │ 1" in out and "p.jsonl / fish │ 1 │ 1" in out
+    assert "dropped not selected: 2" in out
+    kept = read_jsonl(tmp_path / "o" / "prompts.jsonl")
+    assert sorted(row["metadata"]["categories"][0] for row in kept) == ["birds", "fish", "pets"]
