@@ -24,6 +24,9 @@ FILE_FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
 SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
+METADATA = "metadata"  # an input row's own metadata object, kept with every record of the row
+
+
 @dataclass(frozen=True)
 class PromptRow:
     index: int  # 0-based position in the source
@@ -32,6 +35,9 @@ class PromptRow:
     problem: str | None = None
     fields: dict[str, Any] = field(default_factory=dict)  # the source's `extra_fields`
     has_id: bool = False  # the id came from the id column, not from a hash
+    # the row's own `metadata` object (e.g. source and categories from `aidsafe prepare`),
+    # carried into every record made from it
+    metadata: dict[str, Any] | None = None
 
 
 def content_id(text: str) -> str:
@@ -299,15 +305,19 @@ class PromptSource:
                 for name in (self.id_field, *self.extra_fields)
             ]
             problem = next((p for p in problems if p), None)
+            metadata = record.get(METADATA)
+            metadata = _escaped(metadata) if isinstance(metadata, dict) else None
             if problem:
                 # escaped, so that the failure row recording the problem can be written
                 row_id = _escaped(explicit_id) if explicit_id else f"row-{index}"
                 fields = _escaped(fields)
-                yield PromptRow(index, row_id, None, problem, fields, explicit_id is not None)
+                yield PromptRow(
+                    index, row_id, None, problem, fields, explicit_id is not None, metadata
+                )
                 continue
             assert isinstance(value, str)
             row_id = explicit_id or content_id(value)
-            yield PromptRow(index, row_id, value, None, fields, explicit_id is not None)
+            yield PromptRow(index, row_id, value, None, fields, explicit_id is not None, metadata)
 
 
 def _text_problem(where: str, name: str, value: Any) -> str | None:

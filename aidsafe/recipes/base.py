@@ -106,7 +106,14 @@ class Recipe(ABC):
 
     def item(self, index: int, row: dict[str, Any]) -> PromptRow:
         """A done row of an accepted recipe as an item (recipes that consume rows)."""
-        return PromptRow(index, row["id"], row["prompt"], fields={"row": row}, has_id=True)
+        return PromptRow(
+            index,
+            row["id"],
+            row["prompt"],
+            fields={"row": row},
+            has_id=True,
+            metadata=row.get("input_metadata"),
+        )
 
     @abstractmethod
     def finish(self, state: dict[str, Any], ctx: RunContext) -> Done | Rejected:

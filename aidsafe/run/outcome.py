@@ -41,6 +41,23 @@ def thread_id(recipe: Recipe, digest: str, item: PromptRow) -> str:
     return threads_of(recipe, digest) + item.id
 
 
+def with_input(record: dict[str, Any], derived: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """The input row's own metadata, kept in every row made from it: in a training row's
+    `metadata` column (`metadata.input`: SFT and DPO rows), else as `input_metadata` (traces),
+    so a dataset can be split by it."""
+    for row in [record, *derived]:
+        if isinstance(row.get("metadata"), dict):
+            row["metadata"]["input"] = meta
+        else:
+            row["input_metadata"] = meta
+
+
+def _failed(recipe: Recipe, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
+    if item.metadata is not None:
+        failure["input_metadata"] = item.metadata
+    return recipe.failed(item, failure)
+
+
 def _internal_error(error: BaseException) -> StageFailed:
     detail = "".join(traceback.format_exception_only(error)).strip()
     last = traceback.extract_tb(error.__traceback__)[-1:]
@@ -63,7 +80,7 @@ async def item_outcome(
         failure = failure_record(
             item.id, item.index, item.prompt, "input", Reason.INVALID_PROMPT, item.problem
         )
-        return Outcome(False, 0, recipe.failed(item, failure))
+        return Outcome(False, 0, _failed(recipe, item, failure))
     replay = Replay(thread_id(recipe, digest, item), answers or {}, log)
     token = current.set(replay)
     state: dict[str, Any] = {}
@@ -91,7 +108,7 @@ async def item_outcome(
         return Outcome(
             False,
             replay.live_tokens,
-            recipe.failed(item, record),
+            _failed(recipe, item, record),
             [],
             replay.served,
             replay.live_cost,
@@ -111,13 +128,15 @@ async def item_outcome(
         return Outcome(
             False,
             replay.live_tokens,
-            recipe.failed(item, record),
+            _failed(recipe, item, record),
             [],
             replay.served,
             replay.live_cost,
         )
     finally:
         current.reset(token)
+    if item.metadata is not None:
+        with_input(result.record, result.derived if isinstance(result, Done) else [], item.metadata)
     if isinstance(result, Done):
         return Outcome(
             True, replay.live_tokens, result.record, result.derived, replay.served, replay.live_cost

@@ -445,3 +445,38 @@ def test_bad_selection_settings(tmp_path: Path, tagged_pool: list[InputSpec]) ->
         r"pick one with --category-field",
     ):
         _select(tagged_pool, tmp_path / "out", category_field="kind")
+
+
+def test_a_prepared_rows_metadata_reaches_its_traces_sft_and_dpo_rows(tmp_path: Path) -> None:
+    """prepare -> generate -> dpo: every record made from a prompt carries the prompt's own
+    metadata (source, categories), so the dataset can be split and balanced by it."""
+    import asyncio
+
+    from aidsafe.inputs import PromptSource
+    from aidsafe.run.directory import RunDirectory
+    from aidsafe.run.pipeline import generate, make_pairs
+    from tests.conftest import belief_models, make_config, read_jsonl, scripted
+
+    rows = [
+        {"id": "a", "prompt": "how to pick a lock", "metadata": {"source": "bt", "cats": ["x"]}},
+        {"id": "b", "prompt": "plain prompt with no metadata"},
+        {"id": "c", "prompt": "", "metadata": {"source": "bt"}},  # unusable: a failure row
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = RunDirectory(tmp_path / "run")
+    asyncio.run(
+        generate(
+            PromptSource(str(path)), run, make_config(scripted=scripted()), show_progress=False
+        )
+    )
+    traces = {t["id"]: t for t in read_jsonl(tmp_path / "run" / "traces.jsonl")}
+    sft = {r["id"]: r for r in read_jsonl(tmp_path / "run" / "sft.jsonl")}
+    assert traces["a"]["input_metadata"] == {"source": "bt", "cats": ["x"]}
+    assert sft["a"]["metadata"]["input"] == {"source": "bt", "cats": ["x"]}
+    assert "input_metadata" not in traces["b"] and "input" not in sft["b"]["metadata"]
+    [failure] = read_jsonl(tmp_path / "run" / "failures.jsonl")
+    assert (failure["reason"], failure["input_metadata"]) == ("invalid_prompt", {"source": "bt"})
+    asyncio.run(make_pairs(run, make_config(scripted=belief_models()), show_progress=False))
+    pairs = {r["id"]: r for r in read_jsonl(tmp_path / "run" / "dpo.jsonl")}
+    assert pairs["a"]["metadata"]["input"] == {"source": "bt", "cats": ["x"]}
