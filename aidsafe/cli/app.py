@@ -21,6 +21,7 @@ from aidsafe.cli.render import (
     print_grades,
     print_judge_summary,
     print_prepare,
+    print_preview,
     print_recipes,
     print_stage,
 )
@@ -150,6 +151,14 @@ def generate(
     quiet: QuietOption = False,
     max_cost: MaxCostOption = None,
     token_budget: TokenBudgetOption = None,
+    preview: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Run only a seeded sample of N rows (5 is a good start), show each, and project "
+            "tokens, time and cost for the whole input; the rows stay part of the run.",
+        ),
+    ] = None,
 ) -> None:
     """Run a recipe over prompts and write traces, SFT rows, failures and a manifest."""
     from aidsafe.inputs import PromptSource
@@ -187,10 +196,17 @@ def generate(
             show_progress=not quiet,
             select=select,
             engine=ray_engine,
+            preview=preview,
         ),
         ray_engine,
         saved=f"finished rows are saved in {out_dir}",
     )
+    if result.preview is not None:
+        from aidsafe.recipes.registry import steps
+        from aidsafe.tasks.preview import preview_report
+
+        shown = steps(settings.recipe)[0]
+        print_preview(*preview_report(RunDirectory(out_dir), shown, result.preview))
     for stage in result.stages:
         if stage.archived:
             err.print(f"Earlier outputs moved to {stage.archived}")

@@ -191,3 +191,74 @@ def print_prepare(summary: Any) -> None:
         f"Outputs in [bold]{escape(str(summary.out))}[/]: prompts.jsonl (the kept prompts), "
         "report.json and report.html (every dropped prompt, with why)"
     )
+
+
+def print_preview(report: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """`generate --preview`: each sampled row readably, then its figures and the projection."""
+    for record in records:
+        print_record(record)
+    sample = report["sample"]
+    table = Table(title=f"preview: {sample['rows']} of {sample['of']} rows (seed {sample['seed']})")
+    for column in ("row", "outcome", "calls", "tokens", "latency s", "cost USD"):
+        table.add_column(column, justify="left" if column in ("row", "outcome") else "right")
+    for row in report["rows"]:
+        cost = f"{row['cost_usd']:.6f}" if "cost_usd" in row else "-"
+        outcome = "done" if row["ok"] else f"failed: {row.get('reason')}"
+        table.add_row(
+            escape(row["id"]),
+            outcome,
+            str(row["calls"]),
+            f"{row['tokens']:,}",
+            f"{row['latency_s']:.2f}",
+            cost,
+        )
+    out.print(table)
+    level = round(100 * report["level"])
+    for measure, label in (
+        ("tokens", "tokens"),
+        ("cost_usd", "cost USD"),
+        ("latency_s", "model time s"),
+    ):
+        figures = report["projection"].get(measure)
+        if figures is None:
+            continue
+        low, high = figures["input_interval"]
+        out.print(
+            f"projected {label} for all {sample['of']:,} rows: {figures['input']:,.2f} "
+            f"({level}% interval {low:,.2f} to {high:,.2f}; {figures['per_row']:,.4f} per row)"
+        )
+    out.print(
+        "These rows are part of the run: the same command without --preview continues it "
+        "(a changed config needs --force, which moves them aside)."
+    )
+
+
+def print_record(record: dict[str, Any]) -> None:
+    """One row as a person reads it: prompt, intents, deliberation, refined CoT with what the
+    refiner removed, response; or why it failed."""
+    out.rule(f"[bold]{escape(str(record.get('id')))}")
+    out.print(f"[bold]prompt:[/] {escape(str(record.get('prompt')))}")
+    if "reason" in record and "response" not in record:
+        out.print(f"[red]failed: {record['reason']}[/] {escape(str(record.get('detail', '')))}")
+        return
+    intents = record.get("intents") or {}
+    for kind in ("explicit", "implicit"):
+        if intents.get(kind):
+            out.print(f"[bold]{kind} intents:[/] {escape('; '.join(intents[kind]))}")
+    for turn in (record.get("deliberation") or {}).get("turns", []):
+        added = "".join(f"\n    + {escape(t['text'])}" for t in turn.get("thoughts", []))
+        out.print(f"  turn {turn['turn']} {turn['agent']}: {turn['action']}{added}")
+    removed = {r["text"]: r for r in record.get("removed", [])}
+    if record.get("thoughts"):
+        out.print("[bold]chain of thought[/] (struck: removed by the refiner):")
+        for thought in record["thoughts"]:
+            cut = removed.get(thought["text"])
+            policies = (
+                f" [dim]({', '.join(thought['policies'])})[/]" if thought.get("policies") else ""
+            )
+            if cut is not None:
+                out.print(f"  [strike]{escape(thought['text'])}[/] [yellow]{cut['reason']}[/]")
+            else:
+                out.print(f"  - {escape(thought['text'])}{policies}")
+    if "response" in record:
+        out.print(f"[bold]response:[/] {escape(str(record['response']))}")

@@ -40,6 +40,7 @@ GRADES_SUMMARY = "grades_summary.json"
 SFT_FILTERED = "sft_filtered.jsonl"
 JUDGMENTS = "judgments.jsonl"
 JUDGE_SUMMARY = "summary.json"
+PREVIEW = "preview"  # generate --preview: the sample's figures and projection
 
 # Files that are not a recipe's ledger, by archive group. Group `run` is the run itself:
 # archiving it (generate --force) moves every file of the table, since all derive from it.
@@ -50,6 +51,7 @@ OTHER_FILES: dict[str, str] = {
     SFT_SELECTED: "run",
     JUDGMENTS: "run",
     JUDGE_SUMMARY: "run",
+    PREVIEW: "run",
     GRADES: "grades",
     GRADES_SUMMARY: "grades",
     SFT_FILTERED: "grades",

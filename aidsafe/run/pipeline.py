@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import platform
+import random
 import re
 import time
 from collections.abc import Awaitable, Iterable, Iterator
@@ -80,6 +81,31 @@ class StageSummary:
 class RunResult:
     stages: list[StageSummary]
     selected: tuple[int, str] | None = None  # --select: rows written, where
+    preview: Preview | None = None
+
+
+@dataclass
+class Preview:
+    """--preview N: the rows of the input it ran (ids, in input order) out of how many."""
+
+    input_rows: int
+    ids: list[str] = field(default_factory=list)
+
+
+PREVIEW_SEED = 0
+
+
+def _sampled(source: Iterable[PromptRow], chosen: set[int], ids: list[str]) -> Iterator[PromptRow]:
+    for item in source:
+        if item.index in chosen:
+            ids.append(item.id)
+            yield item
+
+
+def preview_sample(total: int, size: int) -> set[int]:
+    """The input indexes a preview of `size` rows runs: a seeded sample, the same every time
+    for the same input, spread over the whole input rather than its first rows."""
+    return set(random.Random(PREVIEW_SEED).sample(range(total), min(size, total)))
 
 
 @dataclass
@@ -398,6 +424,7 @@ async def generate(
     show_progress: bool = True,
     select: int | None = None,
     engine: Engine | None = None,
+    preview: int | None = None,
 ) -> RunResult:
     """Run (or resume) the configured recipe, or each recipe of a chain in turn (later ones
     consume the rows of the one before). `engine` spreads the items over Ray workers."""
@@ -408,11 +435,18 @@ async def generate(
     if limit is not None:
         total = min(total, limit)
     describe = source.describe() | {"input": config.input.model_dump()}
+    items: Iterable[PromptRow] = iter(source)
+    result = RunResult([])
+    if preview is not None:  # a reproducible sample of the rows, which the run keeps
+        chosen = preview_sample(total, preview)
+        result.preview = Preview(total)
+        items = _sampled(source, chosen, result.preview.ids)
+        total = len(chosen)
     first = Stage(
         steps[0],
         run,
         config,
-        iter(source),
+        items,
         total,
         describe,
         force,
@@ -422,7 +456,7 @@ async def generate(
         show_progress=show_progress,
         limit=limit,
     )
-    result = RunResult([await run_stage(first)])
+    result.stages.append(await run_stage(first))
     if result.stages[-1].budget_reached:
         return result  # the chain's later stages wait for the budget to be raised
     if select is not None and steps[0].ledger.derived is not None:
