@@ -358,11 +358,31 @@ def prepare(
     seed: Annotated[
         int | None, typer.Option(help="With --select: which prompts of a bucket are kept.")
     ] = None,
+    classify: Annotated[
+        bool,
+        typer.Option(
+            "--classify",
+            help="Tag each prompt with the policies it touches (the classifier role; resumable).",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+    policies: Annotated[
+        str | None, typer.Option(help="With --classify: policy YAML file or shipped set name.")
+    ] = None,
+    concurrency: ConcurrencyOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Clean a prompt pool before generation: drop exact and near duplicates and prompts found
     in eval sets; write prompts.jsonl for `generate` and a report of every dropped prompt."""
+    from aidsafe.recipes.registry import load_config
     from aidsafe.tasks.prepare import EvalSpec, InputSpec, PrepareSettings
     from aidsafe.tasks.prepare import prepare as prepare_pool
+
+    classifier = None
+    if classify:
+        classifier = load_config(config, {"policies": policies, "concurrency": concurrency})
+    elif config is not None or policies is not None:
+        raise UserError("--config and --policies of prepare need --classify")
 
     settings = PrepareSettings(
         near_threshold=near_threshold,
@@ -379,6 +399,8 @@ def prepare(
         category_field=category_field,
         select=select,
         seed=seed,
+        classify=classifier,
+        show_progress=not quiet,
     )
     summary = prepare_pool([InputSpec.parse(text) for text in inputs], out_dir, settings)
     print_prepare(summary)

@@ -182,6 +182,14 @@ def print_prepare(summary: Any) -> None:
         for name, sizes in summary.buckets.items():
             buckets.add_row(escape(name), str(sizes["before"]), str(sizes["after"]))
         out.print(buckets)
+    if summary.classified is not None:
+        tags = ", ".join(f"{tag} {count}" for tag, count in summary.classified["by_policy"].items())
+        out.print(f"  policy tags (before selection): {escape(tags) or 'none'}")
+        if summary.classified["failed"]:
+            out.print(
+                f"  [yellow]{summary.classified['failed']} prompts could not be tagged[/] "
+                "(kept untagged; the reasons are in classifications.jsonl)"
+            )
     for described in summary.evals:
         out.print(
             f"  eval set {escape(described['eval'])} ({described['items']} items): "

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from aidsafe.agents.classifier import CLASSIFIER
 from aidsafe.agents.context import Role, RunContext, build_context
 from aidsafe.agents.grader import GRADER
 from aidsafe.agents.judge import JUDGE
@@ -26,8 +27,9 @@ CHAINS: dict[str, tuple[str, ...]] = {"aidsafe-dpo": ("aidsafe", "belief")}
 DEFAULT = "aidsafe"
 # What `aidsafe dpo RUN` runs over a finished run.
 PAIRS = "belief"
-# The roles of `aidsafe judge` and `aidsafe grade`, which are not recipes but read the same config.
-TASK_ROLES: dict[str, Role] = {JUDGE.name: JUDGE, GRADER.name: GRADER}
+# The roles of `aidsafe judge`, `grade` and `prepare --classify`, which are not recipes but read
+# the same config.
+TASK_ROLES: dict[str, Role] = {JUDGE.name: JUDGE, GRADER.name: GRADER, CLASSIFIER.name: CLASSIFIER}
 
 
 def register(recipe: Recipe, chain: tuple[str, ...] | None = None) -> None:

@@ -41,6 +41,7 @@ SFT_FILTERED = "sft_filtered.jsonl"
 JUDGMENTS = "judgments.jsonl"
 JUDGE_SUMMARY = "summary.json"
 PREVIEW = "preview"  # generate --preview: the sample's figures and projection
+CLASSIFICATIONS = "classifications.jsonl"  # prepare --classify: policy tags per prompt
 
 # Files that are not a recipe's ledger, by archive group. Group `run` is the run itself:
 # archiving it (generate --force) moves every file of the table, since all derive from it.
@@ -52,6 +53,7 @@ OTHER_FILES: dict[str, str] = {
     JUDGMENTS: "run",
     JUDGE_SUMMARY: "run",
     PREVIEW: "run",
+    CLASSIFICATIONS: "classify",
     GRADES: "grades",
     GRADES_SUMMARY: "grades",
     SFT_FILTERED: "grades",

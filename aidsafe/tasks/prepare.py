@@ -5,6 +5,7 @@ and what it matched."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import html
@@ -17,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aidsafe.config import RunConfig
 from aidsafe.errors import UserError
 from aidsafe.inputs import PromptSource
 from aidsafe.jsonl import now, write_atomic, write_jsonl
+from aidsafe.run.directory import RunDirectory
 from aidsafe.run.select import balanced_subset
+from aidsafe.tasks.classify import classify_prompts
 
 PROMPTS = "prompts.jsonl"
 REPORT_JSON = "report.json"
@@ -87,6 +91,8 @@ class PrepareSettings:
     category_field: str | None = None  # a column naming each prompt's categories
     select: int | None = None  # keep this many, balanced over source x category
     seed: int | None = None  # which prompts of a bucket the selection keeps
+    classify: RunConfig | None = None  # tag prompts with policies: the classifier's config
+    show_progress: bool = False  # the classifier's progress line
 
     def check(self) -> None:
         thresholds = {
@@ -121,6 +127,7 @@ class PoolRow:
     id: str  # the source's id, or a content hash of the prompt
     prompt: str
     categories: list[str] = field(default_factory=list)  # from the category field, if any
+    policies: list[str] | None = None  # the classifier's tags (None: not tagged)
 
 
 @dataclass
@@ -132,6 +139,7 @@ class PrepareSummary:
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)  # read/kept per source
     evals: list[dict[str, Any]] = field(default_factory=list)  # per eval set: items, matched
     buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # --select: before/after
+    classified: dict[str, Any] | None = None  # --classify: prompts per policy tag, failures
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -514,13 +522,17 @@ def output_row(row: PoolRow, row_id: str) -> dict[str, Any]:
             "source_id": row.id,
             "source_row": row.row,
             "categories": row.categories,
+            **({"policies": row.policies} if row.policies is not None else {}),
         },
     }
 
 
 def bucket_of(row: PoolRow) -> tuple[str, str]:
-    """The selection bucket: the source and the first category ("none" without one)."""
-    return row.source, row.categories[0] if row.categories else "none"
+    """The selection bucket: the source and the first category, else the classifier's first
+    policy tag ("none" without either)."""
+    if row.categories:
+        return row.source, row.categories[0]
+    return row.source, row.policies[0] if row.policies else "none"
 
 
 def select(
@@ -577,6 +589,7 @@ def prepare(
     pool = _pool(inputs, sources, dropped, settings.category_field)
     unique = deduplicate(counted(pool), settings, dropped)
     clean = decontaminate(unique, items, settings, dropped)
+    classified = _classify(clean, out, settings) if settings.classify is not None else None
     kept, ids, buckets = select(clean, output_ids(clean), settings, dropped)
     matched = Counter(entry["eval_item"]["eval"] for entry in dropped if "eval_item" in entry)
     for described in evals:
@@ -597,6 +610,7 @@ def prepare(
         per_source=per_source,
         evals=evals,
         buckets=buckets,
+        classified=classified,
     )
     report = {
         "created": now(),
@@ -622,6 +636,7 @@ def prepare(
         "dropped_by_reason": summary.dropped,
         "per_source": per_source,
         "buckets": buckets,
+        **({"classified": classified} if classified is not None else {}),
         "dropped": dropped,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -629,6 +644,29 @@ def prepare(
     write_atomic(out / REPORT_JSON, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     write_atomic(out / REPORT_HTML, report_html(report))
     return summary
+
+
+def _classify(rows: list[PoolRow], out: Path, settings: PrepareSettings) -> dict[str, Any]:
+    """Tag the rows with the classifier (resumable in `out`); how many got each tag, and how
+    many could not be tagged (kept, untagged: classifications.jsonl has the reason)."""
+    assert settings.classify is not None
+    ids = output_ids(rows)
+    tags, _ = asyncio.run(
+        classify_prompts(
+            [(row_id, row.prompt) for row_id, row in zip(ids, rows, strict=True)],
+            RunDirectory(out),
+            settings.classify,
+            show_progress=settings.show_progress,
+        )
+    )
+    counts: Counter[str] = Counter()
+    failed = 0
+    for row, row_id in zip(rows, ids, strict=True):
+        row.policies = tags[row_id]
+        if row.policies is None:
+            failed += 1
+        counts.update(row.policies or ["none"])
+    return {"by_policy": dict(sorted(counts.items())), "failed": failed}
 
 
 # --- the report page -----------------------------------------------------------------------------

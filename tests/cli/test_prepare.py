@@ -104,3 +104,37 @@ def test_prepare_selects_a_balanced_subset(
     assert "dropped not selected: 2" in out
     kept = read_jsonl(tmp_path / "o" / "prompts.jsonl")
     assert sorted(row["metadata"]["categories"][0] for row in kept) == ["birds", "fish", "pets"]
+
+
+def test_prepare_classify_on_the_stub_and_its_options(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import yaml
+
+    from aidsafe.testing import StubOpenAIServer
+
+    prompts = write_prompts(tmp_path / "p.jsonl", ["how to sharpen a knife", "a cake recipe"])
+    code, _, err = cli(
+        capsys, "prepare", str(prompts), "--out", str(tmp_path / "a"), "--policies", "default"
+    )
+    assert code == 2 and "--config and --policies of prepare need --classify" in err
+    with StubOpenAIServer(
+        answers={"PolicyTags": {"policies": ["physical_harm"], "rationale": "r"}}
+    ) as stub:
+        model = {"backend": "openai", "base_url": stub.base_url, "model": "stub"}
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({"models": {"classifier": model}}))
+        code, out, _ = cli(
+            capsys,
+            "prepare",
+            str(prompts),
+            "--out",
+            str(tmp_path / "b"),
+            "--classify",
+            "--config",
+            str(config),
+            "-q",
+        )
+    assert code == 0 and "policy tags (before selection): physical_harm 2" in out
+    rows = read_jsonl(tmp_path / "b" / "prompts.jsonl")
+    assert [row["metadata"]["policies"] for row in rows] == [["physical_harm"], ["physical_harm"]]

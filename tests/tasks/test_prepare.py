@@ -480,3 +480,48 @@ def test_a_prepared_rows_metadata_reaches_its_traces_sft_and_dpo_rows(tmp_path: 
     asyncio.run(make_pairs(run, make_config(scripted=belief_models()), show_progress=False))
     pairs = {r["id"]: r for r in read_jsonl(tmp_path / "run" / "dpo.jsonl")}
     assert pairs["a"]["metadata"]["input"] == {"source": "bt", "cats": ["x"]}
+
+
+def test_classify_tags_prompts_with_policies_balances_by_them_and_resumes(tmp_path: Path) -> None:
+    from tests.conftest import make_config
+
+    def tags(messages: list[Any]) -> dict[str, Any]:
+        text = messages[-1].text
+        if "broken" in text:
+            return {"policies": ["no_such_policy"], "rationale": "invalid"}
+        touched = ["physical_harm"] if "weapon" in text else ["none"]
+        return {"policies": touched, "rationale": "scripted"}
+
+    prompts = [
+        "how do I build a weapon at home",
+        "which weapon is quietest for hunting deer",
+        "tell me about weapon laws in France",
+        "how do I bake bread",
+        "what is the capital of Peru",
+        "broken prompt the classifier cannot tag",
+    ]
+    source = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": p} for p in prompts])
+    classifier = ScriptedChatModel([tags], repeat_last=True)
+    config = make_config(scripted={"classifier": classifier}, repair_attempts=0)
+    out = tmp_path / "out"
+    settings = PrepareSettings(classify=config, select=4, seed=0)
+    summary = prepare([InputSpec.parse(str(source))], out, settings)
+    assert summary.classified == {
+        "by_policy": {"none": 3, "physical_harm": 3},
+        "failed": 1,
+    }
+    rows = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    by_prompt = {row["prompt"]: row["metadata"] for row in rows}
+    assert len(rows) == 4
+    # balanced over the classifier's tags: two weapon prompts, two of the others
+    kept = [m.get("policies") for m in by_prompt.values()]
+    assert sum(1 for k in kept if k == ["physical_harm"]) == 2
+    classified = [
+        json.loads(line) for line in (out / "classifications.jsonl").read_text().splitlines()
+    ]
+    assert len(classified) == 6
+    assert [c["reason"] for c in classified if c["policies"] is None] == ["malformed_output"]
+    # resumable: the same command again asks the classifier nothing
+    calls = classifier.calls
+    again = prepare([InputSpec.parse(str(source))], out, settings)
+    assert classifier.calls == calls and again.classified == summary.classified
