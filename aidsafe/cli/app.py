@@ -365,9 +365,18 @@ def prepare(
             help="Tag each prompt with the policies it touches (the classifier role; resumable).",
         ),
     ] = False,
+    contrast: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Write K benign look-alikes of each prompt that touches a policy (the "
+            "contrast role; needs --classify or --category-field).",
+        ),
+    ] = None,
     config: ConfigOption = None,
     policies: Annotated[
-        str | None, typer.Option(help="With --classify: policy YAML file or shipped set name.")
+        str | None,
+        typer.Option(help="With --classify/--contrast: policy YAML file or shipped set name."),
     ] = None,
     concurrency: ConcurrencyOption = None,
     quiet: QuietOption = False,
@@ -378,11 +387,11 @@ def prepare(
     from aidsafe.tasks.prepare import EvalSpec, InputSpec, PrepareSettings
     from aidsafe.tasks.prepare import prepare as prepare_pool
 
-    classifier = None
-    if classify:
-        classifier = load_config(config, {"policies": policies, "concurrency": concurrency})
+    roles = None
+    if classify or contrast is not None:
+        roles = load_config(config, {"policies": policies, "concurrency": concurrency})
     elif config is not None or policies is not None:
-        raise UserError("--config and --policies of prepare need --classify")
+        raise UserError("--config and --policies of prepare need --classify or --contrast")
 
     settings = PrepareSettings(
         near_threshold=near_threshold,
@@ -399,7 +408,9 @@ def prepare(
         category_field=category_field,
         select=select,
         seed=seed,
-        classify=classifier,
+        config=roles,
+        classify=classify,
+        contrast=contrast,
         show_progress=not quiet,
     )
     summary = prepare_pool([InputSpec.parse(text) for text in inputs], out_dir, settings)

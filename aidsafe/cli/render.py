@@ -190,6 +190,13 @@ def print_prepare(summary: Any) -> None:
                 f"  [yellow]{summary.classified['failed']} prompts could not be tagged[/] "
                 "(kept untagged; the reasons are in classifications.jsonl)"
             )
+    if summary.contrast is not None:
+        figures = summary.contrast
+        out.print(
+            f"  benign contrast prompts: {figures['written']} written for {figures['prompts']} "
+            f"policy-touching prompts, {figures['kept']} kept after dedup and decontamination"
+            + (f", {figures['failed']} prompts failed" if figures["failed"] else "")
+        )
     for described in summary.evals:
         out.print(
             f"  eval set {escape(described['eval'])} ({described['items']} items): "

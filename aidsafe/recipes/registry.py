@@ -9,6 +9,7 @@ from typing import Any
 
 from aidsafe.agents.classifier import CLASSIFIER
 from aidsafe.agents.context import Role, RunContext, build_context
+from aidsafe.agents.contrast import CONTRAST
 from aidsafe.agents.grader import GRADER
 from aidsafe.agents.judge import JUDGE
 from aidsafe.config import RunConfig, role_family
@@ -27,9 +28,9 @@ CHAINS: dict[str, tuple[str, ...]] = {"aidsafe-dpo": ("aidsafe", "belief")}
 DEFAULT = "aidsafe"
 # What `aidsafe dpo RUN` runs over a finished run.
 PAIRS = "belief"
-# The roles of `aidsafe judge`, `grade` and `prepare --classify`, which are not recipes but read
-# the same config.
-TASK_ROLES: dict[str, Role] = {JUDGE.name: JUDGE, GRADER.name: GRADER, CLASSIFIER.name: CLASSIFIER}
+# The roles of `aidsafe judge`, `grade` and `prepare --classify/--contrast`, which are not recipes
+# but read the same config.
+TASK_ROLES: dict[str, Role] = {role.name: role for role in (JUDGE, GRADER, CLASSIFIER, CONTRAST)}
 
 
 def register(recipe: Recipe, chain: tuple[str, ...] | None = None) -> None:

@@ -42,6 +42,7 @@ JUDGMENTS = "judgments.jsonl"
 JUDGE_SUMMARY = "summary.json"
 PREVIEW = "preview"  # generate --preview: the sample's figures and projection
 CLASSIFICATIONS = "classifications.jsonl"  # prepare --classify: policy tags per prompt
+CONTRASTS = "contrasts.jsonl"  # prepare --contrast: benign look-alikes per prompt
 
 # Files that are not a recipe's ledger, by archive group. Group `run` is the run itself:
 # archiving it (generate --force) moves every file of the table, since all derive from it.
@@ -54,6 +55,7 @@ OTHER_FILES: dict[str, str] = {
     JUDGE_SUMMARY: "run",
     PREVIEW: "run",
     CLASSIFICATIONS: "classify",
+    CONTRASTS: "contrast",
     GRADES: "grades",
     GRADES_SUMMARY: "grades",
     SFT_FILTERED: "grades",

@@ -25,6 +25,7 @@ from aidsafe.jsonl import now, write_atomic, write_jsonl
 from aidsafe.run.directory import RunDirectory
 from aidsafe.run.select import balanced_subset
 from aidsafe.tasks.classify import classify_prompts
+from aidsafe.tasks.contrast import write_contrasts
 
 PROMPTS = "prompts.jsonl"
 REPORT_JSON = "report.json"
@@ -91,8 +92,10 @@ class PrepareSettings:
     category_field: str | None = None  # a column naming each prompt's categories
     select: int | None = None  # keep this many, balanced over source x category
     seed: int | None = None  # which prompts of a bucket the selection keeps
-    classify: RunConfig | None = None  # tag prompts with policies: the classifier's config
-    show_progress: bool = False  # the classifier's progress line
+    config: RunConfig | None = None  # the model roles' config (classifier, contrast)
+    classify: bool = False  # tag prompts with the policies they touch
+    contrast: int | None = None  # benign look-alikes per policy-touching prompt
+    show_progress: bool = False  # the model roles' progress lines
 
     def check(self) -> None:
         thresholds = {
@@ -106,6 +109,15 @@ class PrepareSettings:
         for option, words in {"--shingle": self.shingle, "--ngram": self.ngram}.items():
             if words < 1:
                 raise UserError(f"{option}: expected a whole number of words >= 1, got {words}")
+        if self.contrast is not None and self.contrast < 1:
+            raise UserError(f"--contrast: expected a number of prompts >= 1, got {self.contrast}")
+        if self.contrast is not None and not (self.classify or self.category_field):
+            raise UserError(
+                "--contrast needs --classify or --category-field: they say which prompts touch "
+                "a policy"
+            )
+        if (self.classify or self.contrast) and self.config is None:
+            raise UserError("--classify and --contrast need a model configuration")
         if self.select is not None and self.select < 1:
             raise UserError(f"--select: expected a number of prompts >= 1, got {self.select}")
         given = Counter(self.against)
@@ -128,6 +140,7 @@ class PoolRow:
     prompt: str
     categories: list[str] = field(default_factory=list)  # from the category field, if any
     policies: list[str] | None = None  # the classifier's tags (None: not tagged)
+    contrast_of: str | None = None  # --contrast: the output id of the prompt it looks like
 
 
 @dataclass
@@ -140,6 +153,7 @@ class PrepareSummary:
     evals: list[dict[str, Any]] = field(default_factory=list)  # per eval set: items, matched
     buckets: dict[str, dict[str, int]] = field(default_factory=dict)  # --select: before/after
     classified: dict[str, Any] | None = None  # --classify: prompts per policy tag, failures
+    contrast: dict[str, Any] | None = None  # --contrast: look-alikes written, kept, failures
 
 
 # --- text ----------------------------------------------------------------------------------------
@@ -523,6 +537,9 @@ def output_row(row: PoolRow, row_id: str) -> dict[str, Any]:
             "source_row": row.row,
             "categories": row.categories,
             **({"policies": row.policies} if row.policies is not None else {}),
+            **(
+                {"benign_contrast": True, "contrast_of": row.contrast_of} if row.contrast_of else {}
+            ),
         },
     }
 
@@ -589,7 +606,11 @@ def prepare(
     pool = _pool(inputs, sources, dropped, settings.category_field)
     unique = deduplicate(counted(pool), settings, dropped)
     clean = decontaminate(unique, items, settings, dropped)
-    classified = _classify(clean, out, settings) if settings.classify is not None else None
+    classified = _classify(clean, out, settings) if settings.classify else None
+    contrasted = None
+    if settings.contrast is not None:
+        added, contrasted = _contrast(clean, out, settings, items, dropped)
+        clean = clean + added
     kept, ids, buckets = select(clean, output_ids(clean), settings, dropped)
     matched = Counter(entry["eval_item"]["eval"] for entry in dropped if "eval_item" in entry)
     for described in evals:
@@ -611,6 +632,7 @@ def prepare(
         evals=evals,
         buckets=buckets,
         classified=classified,
+        contrast=contrasted,
     )
     report = {
         "created": now(),
@@ -637,6 +659,7 @@ def prepare(
         "per_source": per_source,
         "buckets": buckets,
         **({"classified": classified} if classified is not None else {}),
+        **({"contrast": contrasted} if contrasted is not None else {}),
         "dropped": dropped,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -649,13 +672,13 @@ def prepare(
 def _classify(rows: list[PoolRow], out: Path, settings: PrepareSettings) -> dict[str, Any]:
     """Tag the rows with the classifier (resumable in `out`); how many got each tag, and how
     many could not be tagged (kept, untagged: classifications.jsonl has the reason)."""
-    assert settings.classify is not None
+    assert settings.config is not None
     ids = output_ids(rows)
     tags, _ = asyncio.run(
         classify_prompts(
             [(row_id, row.prompt) for row_id, row in zip(ids, rows, strict=True)],
             RunDirectory(out),
-            settings.classify,
+            settings.config,
             show_progress=settings.show_progress,
         )
     )
@@ -667,6 +690,56 @@ def _classify(rows: list[PoolRow], out: Path, settings: PrepareSettings) -> dict
             failed += 1
         counts.update(row.policies or ["none"])
     return {"by_policy": dict(sorted(counts.items())), "failed": failed}
+
+
+def _contrast(
+    rows: list[PoolRow],
+    out: Path,
+    settings: PrepareSettings,
+    items: list[EvalItem],
+    dropped: list[dict[str, Any]],
+) -> tuple[list[PoolRow], dict[str, Any]]:
+    """Benign look-alikes of the rows that touch a policy (a category or a policy tag), each
+    put through the same dedup (against the whole pool) and decontamination as any prompt;
+    the ones kept, and how many were asked for, written, kept and failed."""
+    assert settings.config is not None and settings.contrast is not None
+    ids = dict(zip((row.position for row in rows), output_ids(rows), strict=True))
+    touching = [row for row in rows if row.categories or row.policies]
+    written = asyncio.run(
+        write_contrasts(
+            [(ids[row.position], row.prompt) for row in touching],
+            settings.contrast,
+            RunDirectory(out),
+            settings.config,
+            show_progress=settings.show_progress,
+        )
+    )
+    position = max((row.position for row in rows), default=-1) + 1
+    added: list[PoolRow] = []
+    for row in touching:
+        parent = ids[row.position]
+        for n, text in enumerate(written[parent] or []):
+            added.append(
+                PoolRow(
+                    position,
+                    row.source,
+                    row.row,
+                    f"{parent}~contrast{n}",
+                    text,
+                    ["benign_contrast"],
+                    contrast_of=parent,
+                )
+            )
+            position += 1
+    unique = deduplicate(iter(rows + added), settings, dropped)  # the pool's rows stay first
+    kept = decontaminate([row for row in unique if row.contrast_of], items, settings, dropped)
+    figures = {
+        "prompts": len(touching),
+        "failed": sum(1 for row in touching if written[ids[row.position]] is None),
+        "written": len(added),
+        "kept": len(kept),
+    }
+    return kept, figures
 
 
 # --- the report page -----------------------------------------------------------------------------

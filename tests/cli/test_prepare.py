@@ -117,7 +117,7 @@ def test_prepare_classify_on_the_stub_and_its_options(
     code, _, err = cli(
         capsys, "prepare", str(prompts), "--out", str(tmp_path / "a"), "--policies", "default"
     )
-    assert code == 2 and "--config and --policies of prepare need --classify" in err
+    assert code == 2 and "--config and --policies of prepare need --classify or --contrast" in err
     with StubOpenAIServer(
         answers={"PolicyTags": {"policies": ["physical_harm"], "rationale": "r"}}
     ) as stub:

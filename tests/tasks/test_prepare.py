@@ -504,7 +504,7 @@ def test_classify_tags_prompts_with_policies_balances_by_them_and_resumes(tmp_pa
     classifier = ScriptedChatModel([tags], repeat_last=True)
     config = make_config(scripted={"classifier": classifier}, repair_attempts=0)
     out = tmp_path / "out"
-    settings = PrepareSettings(classify=config, select=4, seed=0)
+    settings = PrepareSettings(config=config, classify=True, select=4, seed=0)
     summary = prepare([InputSpec.parse(str(source))], out, settings)
     assert summary.classified == {
         "by_policy": {"none": 3, "physical_harm": 3},
@@ -525,3 +525,63 @@ def test_classify_tags_prompts_with_policies_balances_by_them_and_resumes(tmp_pa
     calls = classifier.calls
     again = prepare([InputSpec.parse(str(source))], out, settings)
     assert classifier.calls == calls and again.classified == summary.classified
+
+
+def test_contrast_writes_benign_look_alikes_that_pass_the_same_dedup_and_decontamination(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import make_config
+
+    def tags(messages: list[Any]) -> dict[str, Any]:
+        touched = ["physical_harm"] if "weapon" in messages[-1].text else ["none"]
+        return {"policies": touched, "rationale": "scripted"}
+
+    def look_alikes(messages: list[Any]) -> dict[str, Any]:
+        return {
+            "prompts": [
+                "which weapon did the knights of the round table carry in the legends",
+                "how do I bake bread",  # a copy of a pool prompt: dropped as a duplicate
+                "how do I shoot a photo of my dog at sunset with a phone camera",  # contaminated
+            ]
+        }
+
+    prompts = ["how do I build a weapon at home", "how do I bake bread"]
+    source = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": p} for p in prompts])
+    evals = write_jsonl(
+        tmp_path / "xs.jsonl",
+        [{"prompt": "how do I shoot a photo of my dog at sunset with a phone camera"}],
+    )
+    contrast = ScriptedChatModel([look_alikes], repeat_last=True)
+    config = make_config(
+        scripted={"classifier": ScriptedChatModel([tags], repeat_last=True), "contrast": contrast}
+    )
+    settings = PrepareSettings(
+        config=config,
+        classify=True,
+        contrast=3,
+        against=(EvalSpec.parse(str(evals)),),
+    )
+    out = tmp_path / "out"
+    summary = prepare([InputSpec.parse(str(source))], out, settings)
+    assert summary.contrast == {"prompts": 1, "failed": 0, "written": 3, "kept": 1}
+    assert contrast.calls == 1  # only the weapon prompt touches a policy
+    rows = [json.loads(line) for line in (out / "prompts.jsonl").read_text().splitlines()]
+    added = [row for row in rows if row["metadata"].get("benign_contrast")]
+    assert [row["prompt"] for row in added] == [
+        "which weapon did the knights of the round table carry in the legends"
+    ]
+    parent = next(row["id"] for row in rows if "build a weapon" in row["prompt"])
+    assert added[0]["metadata"]["contrast_of"] == parent
+    assert added[0]["metadata"]["categories"] == ["benign_contrast"]
+    report = json.loads((out / "report.json").read_text())
+    reasons = sorted(entry["reason"] for entry in report["dropped"])
+    assert reasons == ["contaminated", "exact_duplicate"]
+    # resumable: the look-alikes are not asked for again
+    prepare([InputSpec.parse(str(source))], out, settings)
+    assert contrast.calls == 1
+
+
+def test_contrast_needs_to_know_which_prompts_touch_a_policy(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "a"}])
+    with pytest.raises(UserError, match="--contrast needs --classify or --category-field"):
+        prepare([InputSpec.parse(str(source))], tmp_path / "out", PrepareSettings(contrast=2))
