@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aidsafe.errors import UserError, describe_validation_error
+from aidsafe.portable import file_sha256, is_absolute_path, portable_name, url_host
 
 Backend = Literal["local", "openai", "vllm", "scripted"]
 StructuredMethod = Literal["auto", "json_schema", "function_calling", "json_mode"]
+OPENAI_BASE_URL = "https://api.openai.com/v1"  # an `openai` backend without base_url
 
 
 class Price(BaseModel):
@@ -153,20 +157,62 @@ class ModelConfig(BaseModel):
         )
 
     def provenance(self) -> dict[str, Any]:
-        """What a row records about its model: everything but credentials and plumbing (engine
+        """What a row records about its model, the same on every machine that runs the same
+        model: its identity (`identity`) and sampling, never credentials nor plumbing (engine
         sizing does not change what the model says; dtype does; neither do prices and rate
-        limits)."""
+        limits). The run fingerprint is made of it too, so a model file moved or reinstalled
+        elsewhere resumes the same run, and a changed file does not; a fallback model is
+        recorded the same way, inside."""
         plumbing = {"api_key_env", "timeout", "max_retries", "retry_wait", "n_threads"}
         plumbing |= {"price", "requests_per_minute", "tokens_per_minute", "adaptive_concurrency"}
         plumbing |= {"max_num_seqs", "gpu_memory_utilization", "tensor_parallel_size"}
-        plumbing.add("enable_prefix_caching")
+        plumbing |= {"enable_prefix_caching", "model", "base_url"}
         if self.backend != "vllm":
             plumbing.add("dtype")
-        recorded = self.model_dump(exclude=plumbing | {"fallback"})
+        recorded = {
+            "backend": self.backend,
+            **self.identity(),
+            **self.model_dump(exclude=plumbing | {"fallback"}),
+        }
         fallback = self.fallback_config()
         if fallback is not None:
             recorded["fallback"] = fallback.provenance()
         return recorded
+
+    def identity(self) -> dict[str, Any]:
+        """The model by its portable name (`recorded_name`) and what pins it: a local GGUF by
+        the SHA-256 of the file; an endpoint by the host of its base URL (never a user,
+        password, path or query string); a vLLM checkpoint folder by the SHA-256 of its
+        config.json. Hashes are None where there is no file to read."""
+        name = model_label(self.backend, self.model)
+        if self.backend == "local":
+            return {"model": name, "sha256": file_sha256(self.model) if self.model else None}
+        if self.backend == "openai":
+            return {"model": name, "host": url_host(self.base_url or OPENAI_BASE_URL)}
+        if self.backend == "vllm":
+            folder = self.model if self.model and os.path.isdir(self.model) else None
+            digest = file_sha256(os.path.join(folder, "config.json")) if folder else None
+            return {"model": name, "config_sha256": digest}
+        return {"model": name}
+
+    @property
+    def recorded_name(self) -> str:
+        """The model's name in records: `model` named portably, or the backend's name."""
+        return model_label(self.backend, self.model) or self.backend
+
+
+@lru_cache(maxsize=256)
+def model_label(backend: str, model: str | None) -> str | None:
+    """A model's name the same on every machine: a local GGUF (a path) by its package-relative
+    or file name, a vLLM checkpoint folder by its name, a model name as it is; an absolute path
+    anywhere (`vllm serve /models/x` names its model so) by its last part."""
+    if model is None:
+        return None
+    if backend == "local" or is_absolute_path(model):
+        return portable_name(model)
+    if backend == "vllm" and os.path.exists(model):
+        return portable_name(model)
+    return model
 
 
 class DeliberationConfig(BaseModel):

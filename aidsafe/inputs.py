@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aidsafe.errors import UserError
+from aidsafe.portable import file_sha256, portable_name, relative_to_cwd, tree_sha256
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 FILE_FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
@@ -91,7 +92,26 @@ class PromptSource:
         dataset's name; never a file's path (the same file by another spelling, or moved, is
         the same input: its rows are checked by content as the run resumes)."""
         described = {"kind": self.kind, "split": self.split}
-        return described | ({"name": self.spec} if self.kind == "hub" else {})
+        return described | ({"name": self.spec} if self._on_hub else {})
+
+    @property
+    def _on_hub(self) -> bool:
+        """A Hugging Face dataset name, not a folder of data files on this machine."""
+        return self.kind == "hub" and not Path(self.spec).is_dir()
+
+    def provenance(self) -> dict[str, Any]:
+        """What a run's manifest records about its input: a hub dataset by name and split; a
+        file or folder by its name and the SHA-256 of its content, and, when it lies below the
+        working directory, its path relative to it. Never an absolute path."""
+        if self._on_hub:
+            return {"name": self.spec, "split": self.split}
+        path = Path(self.spec)
+        digest = tree_sha256(path) if path.is_dir() else file_sha256(path)
+        recorded: dict[str, Any] = {"name": portable_name(self.spec), "sha256": digest}
+        if self.kind in ("saved", "hub"):
+            recorded["split"] = self.split
+        relative = relative_to_cwd(path)
+        return recorded | ({"path": relative} if relative is not None else {})
 
     # --- reading -------------------------------------------------------------------------------
 

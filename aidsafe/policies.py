@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aidsafe.errors import UserError, describe_validation_error
+from aidsafe.portable import relative_to_cwd
 
 PACKAGED_POLICIES = Path(__file__).parent / "data"
 DEFAULT_POLICY_SET = "default"
@@ -106,6 +107,18 @@ def resolve_policy_path(spec: str | Path) -> Path:
         return packaged
     shipped = ", ".join(sorted(p.stem for p in PACKAGED_POLICIES.glob("*.yaml")))
     raise UserError(f"{spec}: policy file not found (shipped policy sets: {shipped})")
+
+
+def policy_source(spec: str | Path) -> dict[str, str]:
+    """Where a policy set came from, for a run's manifest: a shipped set by its name; a file by
+    its name and, when it lies below the working directory, its path relative to it (so
+    `aidsafe dpo` and `aidsafe grade` find it again from there). Never an absolute path."""
+    path = resolve_policy_path(spec)
+    if path.resolve().parent == PACKAGED_POLICIES.resolve() and not Path(spec).exists():
+        return {"shipped": path.stem}
+    source = {"file": path.name}
+    relative = relative_to_cwd(path)
+    return source | ({"path": relative} if relative is not None else {})
 
 
 def load_policies(spec: str | Path) -> PolicySet:

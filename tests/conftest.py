@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,25 @@ def write_prompts(path: Path, prompts: list[str], with_ids: bool = True) -> Path
                 row["id"] = f"p{n}"
             handle.write(json.dumps(row) + "\n")
     return path
+
+
+def strings(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in a JSON value (keys too), with the field it is in."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield f"{where}.{key} (key)", str(key)
+            yield from strings(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from strings(item, f"{where}[{index}]")
+    elif isinstance(value, str):
+        yield where, value
+
+
+def is_local_path(text: str) -> bool:
+    """A string starting with `/` or a Windows drive letter (checked apart from aidsafe's own
+    rule, so that a mistake there cannot hide a leak)."""
+    return text.startswith("/") or re.match(r"[A-Za-z]:[\\/]", text) is not None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

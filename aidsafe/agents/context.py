@@ -127,13 +127,14 @@ class RunContext:
 
 def resolve_models(config: RunConfig, roles: dict[str, Role]) -> dict[str, ModelConfig]:
     """Each called role's model config (a local model without a path names the bundled GGUF,
-    so provenance records which file ran)."""
+    so provenance records which file ran, by its package-relative name and hash)."""
     configs = {name: config.model_for(name, role.temperature) for name, role in roles.items()}
     for name, model_config in configs.items():
         if model_config.backend == "local" and model_config.model is None:
             from aidsafe.models.local import bundled_model_path
 
             configs[name] = model_config.model_copy(update={"model": str(bundled_model_path())})
+        configs[name].identity()  # hash a model file now, once, not inside a row's first call
     return configs
 
 

@@ -449,14 +449,13 @@ def dpo(
     """Make DPO pairs from an existing run's finished rows, without regenerating them."""
     from aidsafe.recipes.registry import load_config
     from aidsafe.run.directory import RunDirectory
-    from aidsafe.run.pipeline import make_pairs
+    from aidsafe.run.pipeline import make_pairs, policies_of
 
     run = RunDirectory(run_dir)
-    manifest = run.manifest()
-    if manifest is None:
+    if run.manifest() is None:
         raise UserError(f"{run_dir}: not a run directory (no manifest.json)")
     overrides: dict[str, Any] = {
-        "policies": policies or manifest.get("policy_set", {}).get("path"),
+        "policies": policies or policies_of(run),
         "concurrency": concurrency,
         "max_cost": max_cost,
         "token_budget": token_budget,
@@ -493,15 +492,22 @@ def export(
     ] = "parquet",
     kind: Annotated[str, typer.Option("--format", help="sft or dpo.")] = "sft",
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="The run's config: its API keys are never exported."),
+    ] = None,
 ) -> None:
-    """Export a run's SFT rows or DPO pairs as a Hugging Face dataset."""
-    from aidsafe.tasks.export import export_run
+    """Export a run's SFT rows or DPO pairs as a Hugging Face dataset (refused if a row holds a
+    local absolute path or an API key)."""
+    from aidsafe.config import load_config
+    from aidsafe.tasks.export import export_run, secrets_of
 
     if to not in ("parquet", "hf", "jsonl"):
         raise UserError(f"--to: expected parquet, hf or jsonl, got {to!r}")
     if kind not in ("sft", "dpo"):
         raise UserError(f"--format: expected sft or dpo, got {kind!r}")
-    target, rows = export_run(run_dir, to, output, kind)  # type: ignore[arg-type]
+    secrets = secrets_of(load_config(config))
+    target, rows = export_run(run_dir, to, output, kind, secrets)  # type: ignore[arg-type]
     out.print(f"Wrote {rows} {kind.upper()} rows to {target}")
 
 
@@ -637,6 +643,7 @@ def grade(
     """Score rows 1-5 on the paper's six CoT metrics with the grader model."""
     from aidsafe.recipes.registry import load_config
     from aidsafe.run.directory import RunDirectory
+    from aidsafe.run.pipeline import policies_of
     from aidsafe.tasks.grading import (
         dataset_items,
         grade_items,
@@ -654,13 +661,13 @@ def grade(
     ray_engine = _engine(engine, ray_address, workers)
     if is_run_directory(Path(input)):
         run = RunDirectory(input)
-        made_with = (run.manifest() or {}).get("policy_set", {}).get("path")
-        overrides["policies"] = policies or made_with
+        overrides["policies"] = policies or policies_of(run)
         settings = load_config(config, overrides)
         items = run_items(run)
         target = RunDirectory(out_dir) if out_dir else run
         # the rows graded are the run's: its fingerprint, not the spelling of its path
         described: dict[str, Any] = {"rows_of": (run.manifest() or {}).get("fingerprint")}
+        recorded = None
     else:
         if out_dir is None:
             raise UserError(f"{input}: not a run directory; give --out to grade a dataset")
@@ -671,12 +678,14 @@ def grade(
         items = dataset_items(source, cot, response_field)
         target = RunDirectory(out_dir)
         described = source.describe() | {"fields": [cot, response_field]}
+        recorded = source.provenance()
     summary = _run(
         grade_items(
             items,
             target,
             settings,
             source=described,
+            input=recorded,
             force=force,
             limit=limit,
             console=err,

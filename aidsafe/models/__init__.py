@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from langchain_core.language_models import BaseChatModel
 
-from aidsafe.config import ModelConfig
+from aidsafe.config import OPENAI_BASE_URL, ModelConfig
 from aidsafe.errors import UserError
 
 # Local servers (vllm serve, llama.cpp) accept any key but the OpenAI client insists on one.
@@ -66,7 +66,7 @@ def build_chat_model(config: ModelConfig, pools: dict[Any, Any] | None = None) -
         raise UserError("an `openai` backend needs `model` (the model name at the endpoint)")
     return ChatEndpoint(
         model=config.model,
-        base_url=config.base_url or "https://api.openai.com/v1",
+        base_url=config.base_url or OPENAI_BASE_URL,
         api_key=api_key(config),
         temperature=config.temperature,
         max_tokens=config.max_tokens,
@@ -143,7 +143,7 @@ def preflight(configs: dict[str, ModelConfig]) -> None:
         if not config.model:
             raise UserError(f"models.{role}.model: an `openai` backend needs a model name")
         key = api_key(config)
-        url = (config.base_url or "https://api.openai.com/v1").rstrip("/")
+        url = (config.base_url or OPENAI_BASE_URL).rstrip("/")
         if url in checked:
             continue
         checked.add(url)

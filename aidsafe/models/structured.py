@@ -224,7 +224,7 @@ class CallRecord:
             role=role,
             stage=stage,
             attempt=attempt,
-            model=config.model or config.backend,
+            model=config.recorded_name,
             input_tokens=int(usage.get("input_tokens", 0)),
             output_tokens=int(usage.get("output_tokens", 0)),
             latency_s=round(latency, 4),

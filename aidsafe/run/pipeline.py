@@ -8,6 +8,7 @@ line, a manifest section, and a summary. `generate` runs a recipe or a chain of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import platform
 import random
@@ -27,7 +28,7 @@ from aidsafe.inputs import PromptRow, PromptSource
 from aidsafe.jsonl import DamagedLine, now, read_jsonl, write_jsonl
 from aidsafe.models import preflight
 from aidsafe.models.replay import ResponseLog
-from aidsafe.policies import load_policies
+from aidsafe.policies import load_policies, policy_source
 from aidsafe.recipes import registry
 from aidsafe.recipes.base import Recipe
 from aidsafe.records import Reason, failure_record
@@ -126,6 +127,7 @@ class Stage:
     console: Console | None = None
     show_progress: bool = True
     limit: int | None = None
+    input: dict[str, Any] | None = None  # the manifest's record of an input file or dataset
 
 
 async def run_stage(stage: Stage) -> StageSummary:
@@ -171,7 +173,7 @@ async def run_stage(stage: Stage) -> StageSummary:
                 "recipe": recipe.name,
                 "fingerprint": digest,
                 "config": settings,
-                "policy_set": ctx.policy_provenance() | {"path": config.policies},
+                "policy_set": ctx.policy_provenance() | policy_source(config.policies),
                 "packages": package_versions(),
             }
         )
@@ -181,6 +183,8 @@ async def run_stage(stage: Stage) -> StageSummary:
             "concurrency": config.concurrency,
             "engine": "ray" if stage.engine else "local",
         }
+        if stage.input is not None:  # per invocation: a resumed run may read a grown file
+            this_run["input"] = stage.input
         section.setdefault("runs", []).append(this_run)
         run.write_manifest(manifest)
     except OSError as error:  # e.g. --out on a full or read-only disk
@@ -407,9 +411,34 @@ def _check_policies(run: RunDirectory, config: RunConfig) -> None:
     made_with = (run.manifest() or {}).get("policy_set", {})
     if made_with.get("sha256") not in (None, load_policies(config.policies).sha256):
         raise UserError(
-            f"{run.root} was made with policy set {made_with.get('name')!r} "
-            f"({made_with.get('path')}); pair it with the same policies (--policies)"
+            f"{run.root} was made with policy set {_described(made_with)}; pair it with the "
+            "same policies (--policies)"
         )
+
+
+def policies_of(run: RunDirectory) -> str | None:
+    """The policy set `run` was made with, for a stage over its rows (pairs, grades): a shipped
+    set by its name, or the file its manifest names (relative to the working directory) while
+    it holds the same set. None: the manifest names none. A set that cannot be found from here
+    (its file lay outside the working directory, moved, or changed) is a UserError."""
+    made_with = (run.manifest() or {}).get("policy_set")
+    if not made_with:
+        return None
+    spec = made_with.get("shipped") or made_with.get("path")
+    if spec is not None:
+        with contextlib.suppress(UserError):
+            if made_with.get("sha256") in (None, load_policies(spec).sha256):
+                return str(spec)
+    raise UserError(
+        f"{run.root} was made with policy set {_described(made_with)}, which is not found from "
+        "the working directory; name its file with --policies"
+    )
+
+
+def _described(made_with: dict[str, Any]) -> str:
+    """A policy set as a manifest records it: `'name' (where, sha256 0123456789ab)`."""
+    where = made_with.get("shipped") or made_with.get("path") or made_with.get("file") or "?"
+    return f"{made_with.get('name')!r} ({where}, sha256 {str(made_with.get('sha256'))[:12]})"
 
 
 async def generate(
@@ -455,6 +484,7 @@ async def generate(
         console=console,
         show_progress=show_progress,
         limit=limit,
+        input=source.provenance(),
     )
     result.stages.append(await run_stage(first))
     if result.stages[-1].budget_reached:

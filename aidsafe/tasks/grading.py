@@ -133,6 +133,7 @@ async def grade_items(
     config: RunConfig,
     *,
     source: dict[str, Any] | None = None,
+    input: dict[str, Any] | None = None,
     force: bool = False,
     limit: int | None = None,
     console: Console | None = None,
@@ -140,7 +141,8 @@ async def grade_items(
     engine: Engine | None = None,
 ) -> GradeSummary:
     """Grade every item not graded yet (a repeated id once); append one line per item to
-    grades.jsonl; recompute grades_summary.json from the whole file."""
+    grades.jsonl; recompute grades_summary.json from the whole file. `source`: what the items
+    are, for the fingerprint; `input`: the manifest's record of the dataset they come from."""
     stage = Stage(
         GradeRows(),
         out,
@@ -154,11 +156,11 @@ async def grade_items(
         console=console,
         show_progress=show_progress,
         limit=limit,
+        input=input,
     )
     summary = GradeSummary(await run_stage(stage))
     summary.summary = summarize_grades(read_jsonl(out.path(GRADES)))
-    model = config.model_for("grader")
-    summary.summary["grader"] = model.model or model.backend
+    summary.summary["grader"] = config.model_for("grader").recorded_name
     write_atomic(out.path(GRADES_SUMMARY), json.dumps(summary.summary, indent=2) + "\n")
     return summary
 

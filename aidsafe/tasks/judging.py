@@ -112,7 +112,7 @@ class JudgeResponses(Recipe):
         record = self._record(
             **row,
             view=ctx.config.judge.view,
-            judge={"kind": ctx.config.judge.kind, "model": model.model or model.backend},
+            judge={"kind": ctx.config.judge.kind, "model": model.recorded_name},
             **(state["verdict"] or state["problem"]),
             calls=state.get("calls", []),
         )
@@ -195,6 +195,7 @@ async def judge_responses(
         console=console,
         show_progress=show_progress,
         limit=limit,
+        input=source.provenance(),
     )
     summary = JudgeSummary(await run_stage(stage))
     policies = load_policies(config.policies)
@@ -212,7 +213,7 @@ async def judge_responses(
         "unjudged_by_reason": reasons,
         "judge": {
             "kind": config.judge.kind,
-            "model": model.model or model.backend,
+            "model": model.recorded_name,
             "view": config.judge.view,
         },
         "policy_set": {"name": policies.name, "sha256": policies.sha256},

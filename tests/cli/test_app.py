@@ -72,7 +72,9 @@ def test_generate_against_an_openai_compatible_endpoint(
         request = stub.requests[-1]
         assert ("tools" in request) == (method == "function_calling")
     traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
-    assert len(traces) == 2 and traces[0]["models"]["drafter"]["base_url"] == stub.base_url
+    host = stub.base_url.removeprefix("http://").removesuffix("/v1")  # never the URL's path
+    assert len(traces) == 2 and traces[0]["models"]["drafter"]["host"] == host
+    assert "base_url" not in traces[0]["models"]["drafter"]
     manifest = (tmp_path / "run" / "manifest.json").read_text()
     assert "OPENAI_API_KEY" not in manifest and "api_key" not in manifest
 
