@@ -24,8 +24,7 @@ from aidsafe.inputs import PromptSource
 from aidsafe.jsonl import now, write_atomic, write_jsonl
 from aidsafe.run.directory import RunDirectory
 from aidsafe.run.select import balanced_subset
-from aidsafe.tasks.classify import classify_prompts
-from aidsafe.tasks.contrast import write_contrasts
+from aidsafe.tasks.pool_roles import ClassifyPrompts, ContrastPrompts
 
 PROMPTS = "prompts.jsonl"
 REPORT_JSON = "report.json"
@@ -674,12 +673,13 @@ def _classify(rows: list[PoolRow], out: Path, settings: PrepareSettings) -> dict
     many could not be tagged (kept, untagged: classifications.jsonl has the reason)."""
     assert settings.config is not None
     ids = output_ids(rows)
-    tags, _ = asyncio.run(
-        classify_prompts(
+    tags = asyncio.run(
+        ClassifyPrompts().run(
             [(row_id, row.prompt) for row_id, row in zip(ids, rows, strict=True)],
             RunDirectory(out),
             settings.config,
-            show_progress=settings.show_progress,
+            {},
+            settings.show_progress,
         )
     )
     counts: Counter[str] = Counter()
@@ -706,12 +706,12 @@ def _contrast(
     ids = dict(zip((row.position for row in rows), output_ids(rows), strict=True))
     touching = [row for row in rows if row.categories or row.policies]
     written = asyncio.run(
-        write_contrasts(
+        ContrastPrompts().run(
             [(ids[row.position], row.prompt) for row in touching],
-            settings.contrast,
             RunDirectory(out),
             settings.config,
-            show_progress=settings.show_progress,
+            {"count": settings.contrast},
+            settings.show_progress,
         )
     )
     position = max((row.position for row in rows), default=-1) + 1
