@@ -18,6 +18,7 @@ from rich.table import Table
 from aidsafe.cli.render import (
     err,
     out,
+    print_budget,
     print_grades,
     print_judge_summary,
     print_prepare,
@@ -548,6 +549,8 @@ def judge(
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
     quiet: QuietOption = False,
+    max_cost: MaxCostOption = None,
+    token_budget: TokenBudgetOption = None,
 ) -> None:
     """Label prompt/response pairs with the safety judge; report Safe@1, ConsSafe@K, Safe@K."""
     from aidsafe.recipes.registry import load_config
@@ -559,6 +562,8 @@ def judge(
         "concurrency": concurrency,
         "judge": {"kind": kind, "view": view},
         "input": {"split": split, "prompt_field": prompt_field, "id_field": id_field},
+        "max_cost": max_cost,
+        "token_budget": token_budget,
         **_model_overrides(backend, model, base_url, api_key_env, None, None),
     }
     ray_engine = _engine(engine, ray_address, workers)
@@ -581,6 +586,9 @@ def judge(
         saved=f"finished judgments are saved in {out_dir}",
     )
     print_judge_summary(summary)
+    print_budget(summary.stage)
+    if summary.stage.budget_reached:
+        raise typer.Exit(BUDGET_REACHED)
 
 
 def _source(
@@ -639,6 +647,8 @@ def grade(
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
     quiet: QuietOption = False,
+    max_cost: MaxCostOption = None,
+    token_budget: TokenBudgetOption = None,
 ) -> None:
     """Score rows 1-5 on the paper's six CoT metrics with the grader model."""
     from aidsafe.recipes.registry import load_config
@@ -656,6 +666,8 @@ def grade(
         "policies": policies,
         "concurrency": concurrency,
         "input": {"split": split, "prompt_field": prompt_field, "id_field": id_field},
+        "max_cost": max_cost,
+        "token_budget": token_budget,
         **_model_overrides(backend, model, base_url, api_key_env, None, None),
     }
     ray_engine = _engine(engine, ray_address, workers)
@@ -698,6 +710,9 @@ def grade(
     if summary.stage.archived:
         err.print(f"Earlier grades moved to {summary.stage.archived}")
     print_grades(summary)
+    print_budget(summary.stage)
+    if summary.stage.budget_reached:
+        raise typer.Exit(BUDGET_REACHED)
 
 
 @app.command()

@@ -76,19 +76,7 @@ def print_stage(summary: Any) -> None:
         f"{name} ({FILE_NOTES[name]})" if name in FILE_NOTES else name for name in summary.ledger
     )
     out.print(f"Outputs in [bold]{escape(summary.out)}[/]: {files}, manifest.json")
-    if summary.budget_reached:
-        budget = summary.budget
-        spent = []
-        if budget.max_cost is not None:
-            spent.append(f"${budget.cost:,.4f} of the ${budget.max_cost:,.4f} budget")
-        if budget.max_tokens is not None:
-            spent.append(f"{budget.tokens:,} of the {budget.max_tokens:,} token budget")
-        err.print(
-            f"[yellow]Budget reached:[/] {' and '.join(spent)} spent in {escape(summary.out)}; "
-            "rows in flight finished, no new row started. Raise --max-cost / --token-budget "
-            "and run the same command again to continue.",
-            soft_wrap=True,
-        )
+    print_budget(summary)
     if totals["failed_by_reason"].get("endpoint_error"):
         out.print("Some rows hit endpoint errors; re-run with --retry-failed to try them again.")
 
@@ -277,3 +265,21 @@ def print_record(record: dict[str, Any]) -> None:
                 out.print(f"  - {escape(thought['text'])}{policies}")
     if "response" in record:
         out.print(f"[bold]response:[/] {escape(str(record['response']))}")
+
+
+def print_budget(summary: Any) -> None:
+    """What a stage stopped by its budget spent, and how to go on."""
+    if not summary.budget_reached:
+        return
+    budget = summary.budget
+    spent = []
+    if budget.max_cost is not None:
+        spent.append(f"${budget.cost:,.4f} of the ${budget.max_cost:,.4f} budget")
+    if budget.max_tokens is not None:
+        spent.append(f"{budget.tokens:,} of the {budget.max_tokens:,} token budget")
+    err.print(
+        f"[yellow]Budget reached:[/] {' and '.join(spent)} spent in {escape(summary.out)}; "
+        "rows in flight finished, no new row started. Raise --max-cost / --token-budget "
+        "and run the same command again to continue.",
+        soft_wrap=True,
+    )

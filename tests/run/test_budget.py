@@ -158,3 +158,45 @@ def test_a_price_is_checked_when_the_config_is_loaded(
         capsys, "generate", str(prompts), "--out", str(tmp_path / "run"), "--config", str(config)
     )
     assert code == 2 and "c.yaml: models.default.price.input" in err
+
+
+def test_judge_and_grade_stop_at_a_token_budget_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, stub: StubOpenAIServer
+) -> None:
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(
+        "".join(
+            json.dumps({"prompt": f"question {n}", "response": f"answer {n}", "thoughts": "t"})
+            + "\n"
+            for n in range(30)
+        )
+    )
+    config = config_file(tmp_path, stub, concurrency=1)
+    common = ["--config", str(config), "--quiet", "--token-budget", "2000"]
+    code, _, err = cli(
+        capsys,
+        "judge",
+        str(samples),
+        "--out",
+        str(tmp_path / "j"),
+        "--response-field",
+        "response",
+        *common,
+    )
+    assert code == BUDGET_REACHED and "Budget reached:" in err
+    judged = read_jsonl(tmp_path / "j" / "judgments.jsonl")
+    assert 0 < len(judged) < 30
+    code, _, err = cli(
+        capsys,
+        "grade",
+        str(samples),
+        "--out",
+        str(tmp_path / "g"),
+        "--cot-field",
+        "thoughts",
+        "--response-field",
+        "response",
+        *common,
+    )
+    assert code == BUDGET_REACHED and "Budget reached:" in err
+    assert 0 < len(read_jsonl(tmp_path / "g" / "grades.jsonl")) < 30
