@@ -25,6 +25,7 @@ from aidsafe.cli.render import (
     print_preview,
     print_recipes,
     print_stage,
+    print_upload,
 )
 from aidsafe.errors import RunFailed, UserError
 from aidsafe.jsonl import DamagedLine
@@ -74,6 +75,9 @@ RetryReasonOption = Annotated[
         "--retry-reason",
         help="With --retry-failed: only the rows that failed with this reason (repeatable).",
     ),
+]
+LicenseOption = Annotated[
+    str, typer.Option(help="The dataset card's license (a Hub license id, e.g. cc-by-4.0).")
 ]
 BUDGET_REACHED = 3  # exit code: a budget stopped the run; raise it and run again to continue
 EngineOption = Annotated[
@@ -497,11 +501,14 @@ def export(
         Path | None,
         typer.Option("--config", "-c", help="The run's config: its API keys are never exported."),
     ] = None,
+    license: LicenseOption = "other",
 ) -> None:
     """Export a run's SFT rows or DPO pairs as a Hugging Face dataset (refused if a row holds a
-    local absolute path or an API key)."""
+    local absolute path or an API key); `--to hf` also writes the dataset card."""
     from aidsafe.config import load_config
+    from aidsafe.run.directory import RunDirectory
     from aidsafe.tasks.export import export_run, secrets_of
+    from aidsafe.tasks.hub import dataset_card
 
     if to not in ("parquet", "hf", "jsonl"):
         raise UserError(f"--to: expected parquet, hf or jsonl, got {to!r}")
@@ -510,6 +517,50 @@ def export(
     secrets = secrets_of(load_config(config))
     target, rows = export_run(run_dir, to, output, kind, secrets)  # type: ignore[arg-type]
     out.print(f"Wrote {rows} {kind.upper()} rows to {target}")
+    if to == "hf":
+        card = dataset_card(RunDirectory(run_dir), [kind], license)
+        (target / "README.md").write_text(card, encoding="utf-8")
+        out.print(f"Wrote the dataset card to {target / 'README.md'}")
+
+
+@app.command()
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    repo: Annotated[str, typer.Option(help="The Hub dataset repository, ORG/NAME.")],
+    private: Annotated[bool, typer.Option("--private", help="Make the repository private.")] = (
+        False
+    ),
+    kind: Annotated[
+        list[str] | None,
+        typer.Option("--format", help="sft, dpo or traces (repeatable; default: every one)."),
+    ] = None,
+    license: LicenseOption = "other",
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="The run's config: its API keys are never uploaded."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Build the upload and list it; send nothing.")
+    ] = False,
+) -> None:
+    """Upload a run to the Hugging Face Hub as a dataset: data files and a generated card."""
+    from aidsafe.config import load_config
+    from aidsafe.run.directory import HUB, RunDirectory
+    from aidsafe.tasks.export import secrets_of
+    from aidsafe.tasks.hub import FILES, hub_folder
+    from aidsafe.tasks.hub import push as push_folder
+
+    chosen = kind or list(FILES)
+    unknown = [name for name in chosen if name not in FILES]
+    if unknown:
+        raise UserError(f"--format {unknown[0]}: expected {', '.join(FILES)}")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise UserError(f"--repo {repo}: expected ORG/NAME")
+    target = RunDirectory(run_dir).path(HUB)
+    folder = hub_folder(run_dir, target, chosen, license, secrets_of(load_config(config)))
+    print_upload(folder, repo, dry_run)
+    if not dry_run:
+        out.print(f"Uploaded to {push_folder(folder, repo, private)}")
 
 
 @app.command()

@@ -283,3 +283,14 @@ def print_budget(summary: Any) -> None:
         "and run the same command again to continue.",
         soft_wrap=True,
     )
+
+
+def print_upload(folder: Any, repo: str, dry_run: bool) -> None:
+    """`aidsafe push`: what goes (or, with --dry-run, would go) to the Hub."""
+    verb = "Would upload" if dry_run else "Uploading"
+    out.print(
+        f"{verb} to dataset repository [bold]{escape(repo)}[/] from {escape(str(folder.root))}:"
+    )
+    for path in folder.files:
+        size = (folder.root / path).stat().st_size
+        out.print(f"  {escape(str(path))} ({size:,} bytes)")

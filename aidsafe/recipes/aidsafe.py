@@ -14,7 +14,7 @@ from aidsafe.agents.thoughts import DRAFTER_INSTRUCTIONS, ThoughtRecord, thought
 from aidsafe.config import RunConfig
 from aidsafe.prompts import RolePrompt, format_intents, format_thoughts
 from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph
-from aidsafe.recipes.policy_cot import CotState, TurnRecord, cot_sft_row, cot_trace
+from aidsafe.recipes.policy_cot import AIDSAFE_PAPER, CotState, TurnRecord, cot_sft_row, cot_trace
 from aidsafe.schemas import Intents, Refinement
 
 DECOMPOSER_INSTRUCTIONS = """\
@@ -232,6 +232,7 @@ def route_after_deliberate(state: CotState) -> Literal["deliberate", "refine"]:
 
 class Aidsafe(Recipe):
     name = "aidsafe"
+    paper = AIDSAFE_PAPER
     description = (
         "SFT data: intents, a drafted CoT, multi-agent deliberation over the policies, a refiner"
     )

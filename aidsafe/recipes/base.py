@@ -88,6 +88,7 @@ class Recipe(ABC):
     declared_roles: ClassVar[tuple[Role, ...]] = ()
     settings_sections: ClassVar[tuple[str, ...]] = ()  # RunConfig sections it reads
     thread_prefix: ClassVar[str] = ""  # keeps its response-log threads apart from others'
+    paper: ClassVar[str] = ""  # BibTeX of the paper the recipe implements (dataset cards cite it)
 
     def roles(self, config: RunConfig) -> dict[str, Role]:
         """Every role the graph calls under `config`, by the name it is called with."""

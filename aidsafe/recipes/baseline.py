@@ -12,7 +12,7 @@ from aidsafe.agents.context import Role, RunContext
 from aidsafe.agents.thoughts import DRAFTER_INSTRUCTIONS, thought_records
 from aidsafe.prompts import RolePrompt
 from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, one_node_graph
-from aidsafe.recipes.policy_cot import CotState, cot_sft_row, cot_trace
+from aidsafe.recipes.policy_cot import AIDSAFE_PAPER, CotState, cot_sft_row, cot_trace
 
 BASELINE_TASK = "Query:\n{query}"
 BASELINE = Role(
@@ -45,6 +45,7 @@ async def answer_zero_shot(state: CotState, runtime: Runtime[RunContext]) -> dic
 
 class Baseline(Recipe):
     name = "baseline"
+    paper = AIDSAFE_PAPER
     description = "one zero-shot call per prompt (the paper's LLM_ZS), for comparison"
     ledger = Ledger(done="traces.jsonl", failures="failures.jsonl", derived="sft.jsonl")
     declared_roles = (BASELINE,)

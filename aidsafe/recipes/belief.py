@@ -21,6 +21,7 @@ from aidsafe.config import RunConfig
 from aidsafe.inputs import PromptRow
 from aidsafe.prompts import RolePrompt, format_intents, format_thoughts
 from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, Rejected
+from aidsafe.recipes.policy_cot import AIDSAFE_PAPER
 from aidsafe.records import (
     Reason,
     assistant_content,
@@ -293,6 +294,7 @@ def pair_outcome(
 
 class Belief(Recipe):
     name = "belief"
+    paper = AIDSAFE_PAPER
     description = "DPO pairs from finished aidsafe or baseline rows, by belief augmentation"
     verb = "pairing"
     consumes = "rows"

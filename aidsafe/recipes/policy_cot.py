@@ -14,6 +14,17 @@ from aidsafe.prompts import format_thoughts
 from aidsafe.records import model_name, provenance, sft_row
 from aidsafe.schemas import REMOVAL_REASONS
 
+# The paper AIDSAFE's recipes implement (the baseline is its LLM_ZS, belief its DPO supplement).
+AIDSAFE_PAPER = """@inproceedings{kumarage2025aidsafe,
+  title = {Towards Safety Reasoning in {LLMs}: {AI}-agentic Deliberation for Policy-embedded
+           {CoT} Data Creation},
+  author = {Kumarage and others},
+  booktitle = {Findings of the Association for Computational Linguistics: ACL 2025},
+  year = {2025},
+  eprint = {2505.21784},
+  archivePrefix = {arXiv}
+}"""
+
 
 class TurnRecord(TypedDict):
     turn: int  # 1-based agent turn

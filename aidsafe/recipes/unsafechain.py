@@ -252,8 +252,18 @@ def run_statistics(traces: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {"target": safety_metrics(groups), **outcome}
 
 
+UNSAFECHAIN_PAPER = """@misc{tomar2025unsafechain,
+  title = {{UnsafeChain}: Enhancing Reasoning Model Safety via Hard Cases},
+  author = {Tomar and Nakov and Wang},
+  year = {2025},
+  eprint = {2507.21652},
+  archivePrefix = {arXiv}
+}"""
+
+
 class UnsafeChain(Recipe):
     name = "unsafechain"
+    paper = UNSAFECHAIN_PAPER
     description = "sample a target model K times, judge, correct the unsafe answers of hard prompts"
     ledger = Ledger(done="traces.jsonl", failures="failures.jsonl", derived="sft.jsonl")
     declared_roles = (TARGET, JUDGE, CORRECTOR)

@@ -43,6 +43,7 @@ JUDGE_SUMMARY = "summary.json"
 PREVIEW = "preview"  # generate --preview: the sample's figures and projection
 CLASSIFICATIONS = "classifications.jsonl"  # prepare --classify: policy tags per prompt
 CONTRASTS = "contrasts.jsonl"  # prepare --contrast: benign look-alikes per prompt
+HUB = "hub"  # aidsafe push: the dataset as uploaded (data files and the card)
 
 # Files that are not a recipe's ledger, by archive group. Group `run` is the run itself:
 # archiving it (generate --force) moves every file of the table, since all derive from it.
@@ -56,6 +57,7 @@ OTHER_FILES: dict[str, str] = {
     PREVIEW: "run",
     CLASSIFICATIONS: "classify",
     CONTRASTS: "contrast",
+    HUB: "run",
     GRADES: "grades",
     GRADES_SUMMARY: "grades",
     SFT_FILTERED: "grades",
