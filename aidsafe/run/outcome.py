@@ -13,7 +13,7 @@ from aidsafe.agents.context import RunContext
 from aidsafe.errors import StageFailed
 from aidsafe.inputs import PromptRow
 from aidsafe.models.replay import Replay, ResponseLog, current
-from aidsafe.recipes.base import Done, Recipe
+from aidsafe.recipes.base import Done, Recipe, Rejected
 from aidsafe.records import Reason, failure_record
 
 
@@ -77,10 +77,10 @@ async def item_outcome(
     """Run one item through the recipe's graph, serving `answers` (its logged ones) first and
     logging every new answer to `log`."""
     if item.prompt is None:
-        failure = failure_record(
+        invalid = failure_record(
             item.id, item.index, item.prompt, "input", Reason.INVALID_PROMPT, item.problem
         )
-        return Outcome(False, 0, _failed(recipe, item, failure))
+        return Outcome(False, 0, _failed(recipe, item, invalid))
     replay = Replay(thread_id(recipe, digest, item), answers or {}, log)
     token = current.set(replay)
     state: dict[str, Any] = {}
@@ -94,51 +94,26 @@ async def item_outcome(
         ):
             state = values
         result = recipe.finish(dict(state), ctx)
-    except StageFailed as failure:
+    except Exception as error:  # a typed failure, or a bug: the row fails, the run goes on
+        stopped = error if isinstance(error, StageFailed) else _internal_error(error)
+        calls = [*state.get("calls", []), *stopped.calls]
         record = failure_record(
             item.id,
             item.index,
             item.prompt,
-            failure.stage,
-            failure.reason,
-            failure.detail,
-            failure.raw,
-            [*state.get("calls", []), *failure.calls],
+            stopped.stage,
+            stopped.reason,
+            stopped.detail,
+            stopped.raw,
+            calls,
         )
-        return Outcome(
-            False,
-            replay.live_tokens,
-            _failed(recipe, item, record),
-            [],
-            replay.served,
-            replay.live_cost,
-        )
-    except Exception as error:  # a bug or an unexpected library error: keep the run going
-        bug = _internal_error(error)
-        record = failure_record(
-            item.id,
-            item.index,
-            item.prompt,
-            bug.stage,
-            bug.reason,
-            bug.detail,
-            None,
-            state.get("calls", []),
-        )
-        return Outcome(
-            False,
-            replay.live_tokens,
-            _failed(recipe, item, record),
-            [],
-            replay.served,
-            replay.live_cost,
-        )
+        result = Rejected(recipe.failed(item, record))
     finally:
         current.reset(token)
     if item.metadata is not None:
         with_input(result.record, result.derived if isinstance(result, Done) else [], item.metadata)
-    if isinstance(result, Done):
-        return Outcome(
-            True, replay.live_tokens, result.record, result.derived, replay.served, replay.live_cost
-        )
-    return Outcome(False, replay.live_tokens, result.record, [], replay.served, replay.live_cost)
+    done = isinstance(result, Done)
+    derived = result.derived if isinstance(result, Done) else []
+    return Outcome(
+        done, replay.live_tokens, result.record, derived, replay.served, replay.live_cost
+    )
