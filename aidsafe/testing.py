@@ -3,6 +3,7 @@ request with the smallest schema-valid instance."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -84,6 +85,7 @@ class StubOpenAIServer:
         self.answers = answers or {}  # schema name -> the answer to give instead of the smallest
         self.requests: list[dict[str, Any]] = []
         self.arrivals: list[float] = []  # time.monotonic() of each request's arrival
+        self.embedded = 0  # texts embedded by /v1/embeddings
         self._lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
@@ -109,6 +111,9 @@ class StubOpenAIServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 request = json.loads(self.rfile.read(length))
+                if self.path.endswith("/embeddings"):
+                    self._send(200, stub.embed(request))
+                    return
                 with stub._lock:
                     over = stub.capacity is not None and stub.in_flight >= stub.capacity
                     if over:
@@ -157,6 +162,19 @@ class StubOpenAIServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def embed(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`/v1/embeddings`: a bag of words hashed into 64 dimensions per input, so texts
+        sharing most of their words are near (cosine) and others are not."""
+        texts = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        self.embedded += len(texts)
+        data = []
+        for n, text in enumerate(texts):
+            vector = [0.0] * 64
+            for word in "".join(c if c.isalnum() else " " for c in text.lower()).split():
+                vector[int(hashlib.sha256(word.encode()).hexdigest(), 16) % 64] += 1.0
+            data.append({"object": "embedding", "index": n, "embedding": vector})
+        return {"object": "list", "data": data, "model": request.get("model", "stub")}
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.plain_answer}

@@ -352,6 +352,22 @@ def prepare(
     tfidf_threshold: Annotated[
         float, typer.Option(help="With --tfidf: cosine similarity at or above this.")
     ] = 0.7,
+    embeddings_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Decontamination: also embedding cosine, from this OpenAI-compatible endpoint "
+            "(e.g. http://localhost:8000/v1)."
+        ),
+    ] = None,
+    embeddings_model: Annotated[
+        str, typer.Option(help="With --embeddings-url: the embedding model's name.")
+    ] = "text-embedding-3-small",
+    embeddings_key_env: Annotated[
+        str, typer.Option(help="With --embeddings-url: the variable holding its API key.")
+    ] = "OPENAI_API_KEY",
+    embedding_threshold: Annotated[
+        float, typer.Option(help="With --embeddings-url: cosine similarity at or above this.")
+    ] = 0.8,
     category_field: Annotated[
         str | None,
         typer.Option(help="Column with each prompt's categories (text, a list, or a mapping)."),
@@ -410,6 +426,10 @@ def prepare(
         against_threshold=against_threshold,
         tfidf=tfidf,
         tfidf_threshold=tfidf_threshold,
+        embeddings_url=embeddings_url,
+        embeddings_model=embeddings_model,
+        embeddings_key_env=embeddings_key_env,
+        embedding_threshold=embedding_threshold,
         category_field=category_field,
         select=select,
         seed=seed,

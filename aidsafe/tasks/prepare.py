@@ -88,6 +88,11 @@ class PrepareSettings:
     against_threshold: float = 0.7  # MinHash detector: Jaccard with an eval item
     tfidf: bool = False  # also the TF-IDF cosine detector (needs scikit-learn)
     tfidf_threshold: float = 0.7  # STAR-1's threshold
+    # embedding cosine detector: an OpenAI-compatible /v1/embeddings endpoint and its model
+    embeddings_url: str | None = None
+    embeddings_model: str = "text-embedding-3-small"
+    embeddings_key_env: str = "OPENAI_API_KEY"
+    embedding_threshold: float = 0.8  # STAR-1's threshold
     category_field: str | None = None  # a column naming each prompt's categories
     select: int | None = None  # keep this many, balanced over source x category
     seed: int | None = None  # which prompts of a bucket the selection keeps
@@ -101,6 +106,7 @@ class PrepareSettings:
             "--near-threshold": self.near_threshold,
             "--against-threshold": self.against_threshold,
             "--tfidf-threshold": self.tfidf_threshold,
+            "--embedding-threshold": self.embedding_threshold,
         }
         for option, value in thresholds.items():
             if not 0 < value <= 1:
@@ -461,6 +467,55 @@ def tfidf_matches(
     return found
 
 
+EMBED_BATCH = 256
+
+
+def embed(texts: list[str], settings: PrepareSettings) -> Any:
+    """Unit vectors of `texts` from the /v1/embeddings endpoint (numpy, one row per text)."""
+    import os
+
+    import httpx
+    import numpy
+
+    url = f"{str(settings.embeddings_url).rstrip('/')}/embeddings"
+    key = os.environ.get(settings.embeddings_key_env, "not-needed")
+    vectors = []
+    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
+        for start in range(0, len(texts), EMBED_BATCH):
+            batch = texts[start : start + EMBED_BATCH]
+            try:
+                answer = client.post(url, json={"model": settings.embeddings_model, "input": batch})
+                answer.raise_for_status()
+                data = sorted(answer.json()["data"], key=lambda item: item["index"])
+            except (httpx.HTTPError, ValueError, KeyError) as error:
+                raise UserError(f"--embeddings-url {settings.embeddings_url}: {error}") from error
+            vectors += [item["embedding"] for item in data]
+    matrix = numpy.asarray(vectors, dtype=numpy.float32)
+    norms = numpy.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / numpy.maximum(norms, 1e-12)
+
+
+def embedding_matches(
+    prompts: list[str], items: list[EvalItem], settings: PrepareSettings
+) -> list[tuple[int, float] | None]:
+    """Per prompt, the eval item of highest embedding cosine similarity if it reaches
+    `--embedding-threshold` (STAR-1's detector, 0.8). Prompts are embedded and compared in
+    batches, so memory grows with the eval sets and a batch, not the pool."""
+    if not prompts or not items:
+        return [None] * len(prompts)
+    evals = embed([item.prompt for item in items], settings)
+    found: list[tuple[int, float] | None] = []
+    for start in range(0, len(prompts), EMBED_BATCH):
+        similarity = embed(prompts[start : start + EMBED_BATCH], settings) @ evals.T
+        best = similarity.argmax(axis=1)
+        for row, key in enumerate(best):
+            score = float(similarity[row, key])
+            found.append(
+                (int(key), round(score, 4)) if score >= settings.embedding_threshold else None
+            )
+    return found
+
+
 def _contaminated(row: PoolRow, detector: str, score: float, item: EvalItem) -> dict[str, Any]:
     return {
         "source": row.source,
@@ -500,16 +555,28 @@ def decontaminate(
             dropped.append(_contaminated(row, "minhash", score, items[nearest]))
             continue
         clean.append(row)
-    if not settings.tfidf:
-        return clean
-    kept: list[PoolRow] = []
-    matches = tfidf_matches([row.prompt for row in clean], items, settings.tfidf_threshold)
-    for row, match in zip(clean, matches, strict=True):
-        if match is None:
-            kept.append(row)
-        else:
-            dropped.append(_contaminated(row, "tfidf", match[1], items[match[0]]))
-    return kept
+    for detector, wanted, matches in (
+        (
+            "tfidf",
+            settings.tfidf,
+            lambda rows: tfidf_matches(rows, items, settings.tfidf_threshold),
+        ),
+        (
+            "embedding",
+            settings.embeddings_url,
+            lambda rows: embedding_matches(rows, items, settings),
+        ),
+    ):
+        if not wanted:
+            continue
+        kept: list[PoolRow] = []
+        for row, match in zip(clean, matches([row.prompt for row in clean]), strict=True):
+            if match is None:
+                kept.append(row)
+            else:
+                dropped.append(_contaminated(row, detector, match[1], items[match[0]]))
+        clean = kept
+    return clean
 
 
 def output_ids(rows: list[PoolRow]) -> list[str]:
@@ -647,6 +714,12 @@ def prepare(
             "ngram": settings.ngram,
             "against_threshold": settings.against_threshold,
             "tfidf_threshold": settings.tfidf_threshold if settings.tfidf else None,
+            "embeddings": {
+                "model": settings.embeddings_model,
+                "threshold": settings.embedding_threshold,
+            }
+            if settings.embeddings_url
+            else None,
             "category_field": settings.category_field,
             "select": settings.select,
             "seed": settings.seed,

@@ -585,3 +585,42 @@ def test_contrast_needs_to_know_which_prompts_touch_a_policy(tmp_path: Path) -> 
     source = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "a"}])
     with pytest.raises(UserError, match="--contrast needs --classify or --category-field"):
         prepare([InputSpec.parse(str(source))], tmp_path / "out", PrepareSettings(contrast=2))
+
+
+def test_the_embedding_detector_drops_what_the_word_detectors_miss(tmp_path: Path) -> None:
+    from aidsafe.testing import StubOpenAIServer
+
+    item = "explain how a person could quietly poison the water supply of a small town"
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": item}])
+    pool = [
+        # the same words shuffled with a few more: no shared 13-gram, Jaccard of 1-2 grams low
+        "town small a of supply water the poison quietly could person a how explain to me",
+        "what is the boiling point of water at high altitude",
+    ]
+    source = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": p} for p in pool])
+    with StubOpenAIServer() as stub:
+        settings = PrepareSettings(
+            against=(EvalSpec.parse(str(evals)),), embeddings_url=stub.base_url
+        )
+        summary = prepare([InputSpec.parse(str(source))], tmp_path / "out", settings)
+        assert stub.embedded == 3  # the eval item, then the pool's two prompts in one batch
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    [drop] = report["dropped"]
+    assert (drop["detector"], drop["eval_item"]["prompt"]) == ("embedding", item)
+    assert drop["score"] >= 0.8 and summary.kept == 1
+    without = prepare(
+        [InputSpec.parse(str(source))],
+        tmp_path / "out2",
+        PrepareSettings(against=(EvalSpec.parse(str(evals)),)),
+    )
+    assert without.kept == 2  # the word detectors alone keep it
+
+
+def test_an_unreachable_embeddings_endpoint_exits_2(tmp_path: Path) -> None:
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "an eval prompt here"}])
+    source = write_jsonl(tmp_path / "pool.jsonl", [{"prompt": "a pool prompt"}])
+    settings = PrepareSettings(
+        against=(EvalSpec.parse(str(evals)),), embeddings_url="http://127.0.0.1:9/v1"
+    )
+    with pytest.raises(UserError, match=r"--embeddings-url http://127.0.0.1:9/v1"):
+        prepare([InputSpec.parse(str(source))], tmp_path / "out", settings)
