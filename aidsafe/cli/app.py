@@ -843,6 +843,30 @@ def compare(
         json_out.write_text(jsonlib.dumps(data, indent=2), encoding="utf-8")
 
 
+@app.command()
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (any recipe, judge or grade).")],
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to write (default: DIR/view.html).")
+    ] = None,
+    open_page: Annotated[
+        bool, typer.Option("--open", help="Open the page in the default web browser.")
+    ] = False,
+) -> None:
+    """Write one self-contained HTML page to read a run: rows, filters, search, charts."""
+    import webbrowser
+
+    from aidsafe.tasks.view import build_view
+
+    result = build_view(run_dir, output)
+    out.print(
+        f"Wrote {escape(str(result.path))}: {result.rows} rows, "
+        f"{result.bytes / 1e6:.2f} MB ({result.bytes_per_row:,.0f} bytes per row)"
+    )
+    if open_page:
+        webbrowser.open(result.path.resolve().as_uri())
+
+
 @app.command("filter")
 def filter_rows(
     run_dir: Annotated[Path, typer.Argument(help="A graded run directory.")],

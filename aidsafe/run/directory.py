@@ -44,6 +44,7 @@ PREVIEW = "preview"  # generate --preview: the sample's figures and projection
 CLASSIFICATIONS = "classifications.jsonl"  # prepare --classify: policy tags per prompt
 CONTRASTS = "contrasts.jsonl"  # prepare --contrast: benign look-alikes per prompt
 HUB = "hub"  # aidsafe push: the dataset as uploaded (data files and the card)
+VIEW = "view.html"  # `aidsafe view`: a page made from the run's files
 
 # Files that are not a recipe's ledger, by archive group. Group `run` is the run itself:
 # archiving it (generate --force) moves every file of the table, since all derive from it.
@@ -58,6 +59,7 @@ OTHER_FILES: dict[str, str] = {
     CLASSIFICATIONS: "classify",
     CONTRASTS: "contrast",
     HUB: "run",
+    VIEW: "run",
     GRADES: "grades",
     GRADES_SUMMARY: "grades",
     SFT_FILTERED: "grades",

@@ -1,12 +1,11 @@
 """Side-by-side comparison of graded runs: metric means with CIs, paired differences and win
 rates on common rows, cost and deliberation statistics; as data, and as a self-contained HTML
-report with inline SVG plots (no network, no scripts)."""
+report with plots drawn by matplotlib as inline SVG (no network, no scripts)."""
 
 from __future__ import annotations
 
 import html
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from aidsafe.jsonl import read_jsonl
 from aidsafe.run.directory import GRADES, GRADES_SUMMARY, RunDirectory
 from aidsafe.schemas import REMOVAL_REASONS
 from aidsafe.stats import bootstrap_ci, mean, win_rate
+from aidsafe.tasks.charts import bar_chart, distributions
 from aidsafe.tasks.grading import summarize_grades
 
 
@@ -146,67 +146,6 @@ def metric_text(run: RunStats, data: dict[str, Any], metric: str) -> list[str]:
 
 # --- HTML ----------------------------------------------------------------------------------
 
-COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
-
-
-def _bars(
-    title: str,
-    groups: Sequence[str],
-    series: Sequence[tuple[str, Sequence[float | None]]],
-    errors: Sequence[Sequence[tuple[float, float] | None]] | None = None,
-    top: float | None = None,
-) -> str:
-    """A grouped bar chart as inline SVG; optional error bars (low, high) per bar."""
-    width, height, left, bottom = 720, 260, 40, 60
-    plot_w, plot_h = width - left - 10, height - bottom - 30
-    values = [v for _, vs in series for v in vs if v is not None]
-    top = top or (max(values) * 1.1 if values else 1.0) or 1.0
-    slot = plot_w / max(1, len(groups))
-    bar = slot * 0.8 / max(1, len(series))
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{left}" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
-        f'<line x1="{left}" y1="{30 + plot_h}" x2="{width - 10}" y2="{30 + plot_h}" '
-        'stroke="#333"/>',
-        f'<text x="4" y="34" font-size="10">{top:.2f}</text>',
-        f'<text x="4" y="{30 + plot_h}" font-size="10">0</text>',
-    ]
-    for g, group in enumerate(groups):
-        x0 = left + g * slot + slot * 0.1
-        parts.append(
-            f'<text x="{x0}" y="{height - bottom + 44}" font-size="10" '
-            f'transform="rotate(20 {x0} {height - bottom + 44})">{html.escape(group)}</text>'
-        )
-        for s, (name, vs) in enumerate(series):
-            value = vs[g]
-            if value is None:
-                continue
-            h = plot_h * value / top
-            x = x0 + s * bar
-            colour = COLOURS[s % len(COLOURS)]
-            parts.append(
-                f'<rect x="{x:.1f}" y="{30 + plot_h - h:.1f}" width="{bar:.1f}" '
-                f'height="{h:.1f}" fill="{colour}"><title>'
-                f"{html.escape(name)} {html.escape(group)}: {value:.3f}</title></rect>"
-            )
-            interval = errors[s][g] if errors else None
-            if interval is not None:
-                cx = x + bar / 2
-                y_low, y_high = (30 + plot_h - plot_h * v / top for v in interval)
-                parts.append(
-                    f'<line x1="{cx:.1f}" y1="{y_low:.1f}" x2="{cx:.1f}" y2="{y_high:.1f}" '
-                    'stroke="#000"/>'
-                )
-    for s, (name, _) in enumerate(series):
-        parts.append(
-            f'<rect x="{width - 200}" y="{8 + 14 * s}" width="10" height="10" '
-            f'fill="{COLOURS[s % len(COLOURS)]}"/><text x="{width - 185}" y="{17 + 14 * s}" '
-            f'font-size="11">{html.escape(name)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
 
 def _count(run: RunStats, metric: str, score: int) -> int:
     return sum(1 for scores in run.scores.values() if scores.get(metric) == score)
@@ -220,29 +159,44 @@ def html_report(runs: list[RunStats], data: dict[str, Any]) -> str:
         for r in runs
     ]
     charts = [
-        _bars("Metric means with 95% CI (1-5)", list(METRICS), means, cis, top=5.0),
+        bar_chart(
+            "Metric means with 95% CI (1-5)",
+            list(METRICS),
+            means,
+            errors=cis,
+            top=5.0,
+            ylabel="mean score",
+        ),
+        distributions(
+            "Score distributions per metric",
+            {
+                metric: [(r.name, [float(_count(r, metric, k)) for k in range(1, 6)]) for r in runs]
+                for metric in METRICS
+            },
+            [str(k) for k in range(1, 6)],
+            xlabel="score",
+            ylabel="rows",
+        ),
     ]
-    for metric in METRICS:
-        counts = [
-            (
-                r.name,
-                [
-                    float(sum(1 for s in r.scores.values() if s.get(metric) == k))
-                    for k in range(1, 6)
-                ],
-            )
-            for r in runs
-        ]
-        charts.append(_bars(f"Score distribution: {metric}", ["1", "2", "3", "4", "5"], counts))
     most = max((max(r.rounds) for r in runs if r.rounds), default=0)
     if most:
         histogram = [(r.name, [float(r.rounds.count(k)) for k in range(most + 1)]) for r in runs]
         charts.append(
-            _bars("Deliberation rounds used", [str(k) for k in range(most + 1)], histogram)
+            bar_chart(
+                "Deliberation rounds used",
+                [str(k) for k in range(most + 1)],
+                histogram,
+                xlabel="rounds",
+                ylabel="rows",
+            )
         )
     roles = sorted({role for r in runs for role in r.tokens_per_row})
     tokens = [(r.name, [r.tokens_per_row.get(role, 0.0) for role in roles]) for r in runs]
-    charts.append(_bars("Tokens per row, by stage (role)", roles, tokens))
+    charts.append(
+        bar_chart(
+            "Tokens per row, by stage (role)", roles, tokens, horizontal=True, xlabel="tokens"
+        )
+    )
 
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     rows = []
@@ -269,7 +223,7 @@ def html_report(runs: list[RunStats], data: dict[str, Any]) -> str:
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:900px}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left;vertical-align:top}svg{display:block;margin:1.5em 0}"
+        "text-align:left;vertical-align:top}svg{display:block;margin:1.5em 0;max-width:100%}"
     )
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>aidsafe comparison</title>"
