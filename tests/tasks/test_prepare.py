@@ -223,6 +223,23 @@ def test_the_report_page_lists_every_drop(tmp_path: Path, pool: list[InputSpec])
     assert "first.jsonl row 0 (id a0)" in page
 
 
+def test_the_report_page_in_a_real_browser(tmp_path: Path, pool: list[InputSpec]) -> None:
+    from tests.browser import CHROMIUM, Browser
+
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    markup = write_jsonl(tmp_path / "m.jsonl", [{"id": "<b>", "prompt": BASE[1].upper()}])
+    prepare([*pool, InputSpec.parse(str(markup))], tmp_path / "out")
+    with Browser() as browser:
+        browser.open((tmp_path / "out" / "report.html").resolve().as_uri())
+        browser.wait("document.readyState === 'complete'")
+        cells = browser.evaluate("[...document.querySelectorAll('td')].map(c => c.innerText)")
+        # the escaped id shows as text, and no element was made of it
+        assert "<b>" in cells and browser.evaluate("document.querySelectorAll('td b').length") == 0
+        assert browser.evaluate("document.querySelectorAll('tr').length") >= 10
+        assert browser.errors() == []
+
+
 async def test_a_prepared_pool_runs_through_generate(tmp_path: Path, pool: list[InputSpec]) -> None:
     prepare(pool, tmp_path / "out")
     source = PromptSource(str(tmp_path / "out" / "prompts.jsonl"))
