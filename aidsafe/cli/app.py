@@ -24,6 +24,7 @@ from aidsafe.cli.render import (
     print_prepare,
     print_preview,
     print_recipes,
+    print_split,
     print_stage,
     print_upload,
 )
@@ -541,6 +542,22 @@ def export(
         card = dataset_card(RunDirectory(run_dir), [kind], license)
         (target / "README.md").write_text(card, encoding="utf-8")
         out.print(f"Wrote the dataset card to {target / 'README.md'}")
+
+
+@app.command()
+def split(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    eval_fraction: Annotated[
+        float, typer.Option(help="Share of the prompts held out for evaluation (0 to 1).")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Which prompts are held out.")] = 0,
+) -> None:
+    """Hold out prompts for evaluation (stratified by source and category); export and push
+    then leave them out of every training file."""
+    from aidsafe.tasks.split import split_run
+
+    report = split_run(run_dir, eval_fraction, seed)
+    print_split(report, run_dir)
 
 
 @app.command()

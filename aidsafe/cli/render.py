@@ -294,3 +294,18 @@ def print_upload(folder: Any, repo: str, dry_run: bool) -> None:
     for path in folder.files:
         size = (folder.root / path).stat().st_size
         out.print(f"  {escape(str(path))} ({size:,} bytes)")
+
+
+def print_split(report: dict[str, Any], run_dir: Any) -> None:
+    """`aidsafe split`: how many prompts were held out, per stratum."""
+    table = Table(title=f"held out for evaluation (seed {report['seed']})")
+    for column in ("stratum (source / category)", "rows", "held out"):
+        table.add_column(column, justify="left" if column.startswith("stratum") else "right")
+    for name, sizes in report["strata"].items():
+        table.add_row(escape(name), str(sizes["rows"]), str(sizes["held_out"]))
+    table.add_row("[bold]all[/]", str(report["rows"]), str(report["held_out"]))
+    out.print(table)
+    out.print(
+        f"Wrote {escape(str(run_dir))}/split.json; `aidsafe export` and `aidsafe push` now "
+        "leave these prompts out."
+    )

@@ -45,6 +45,7 @@ CLASSIFICATIONS = "classifications.jsonl"  # prepare --classify: policy tags per
 CONTRASTS = "contrasts.jsonl"  # prepare --contrast: benign look-alikes per prompt
 HUB = "hub"  # aidsafe push: the dataset as uploaded (data files and the card)
 VIEW = "view.html"  # `aidsafe view`: a page made from the run's files
+SPLIT = "split.json"  # `aidsafe split`: the prompts held out of training for evaluation
 
 # Files that are not a recipe's ledger, by archive group. Group `run` is the run itself:
 # archiving it (generate --force) moves every file of the table, since all derive from it.
@@ -60,6 +61,7 @@ OTHER_FILES: dict[str, str] = {
     CONTRASTS: "contrast",
     HUB: "run",
     VIEW: "run",
+    SPLIT: "run",
     GRADES: "grades",
     GRADES_SUMMARY: "grades",
     SFT_FILTERED: "grades",

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from aidsafe.config import RunConfig
 from aidsafe.errors import UserError
 from aidsafe.jsonl import read_jsonl
 from aidsafe.portable import configured_secrets, leaks
 from aidsafe.run.directory import RunDirectory
+from aidsafe.tasks.split import held_out
 
 ExportTarget = Literal["parquet", "hf", "jsonl"]
 # The ledgers people train on: TRL conversational SFT rows and DPO preference rows.
@@ -40,6 +41,18 @@ def check_shareable(path: Path, secrets: Mapping[str, str]) -> None:
             )
 
 
+def training_rows(run: RunDirectory, source: Path) -> Any:
+    """A ledger as a `datasets.Dataset`, without the prompts `aidsafe split` held out for
+    evaluation (a model must never be trained on a prompt it is evaluated on)."""
+    import datasets
+
+    dataset = datasets.Dataset.from_json(str(source))
+    held = held_out(run)
+    if held:
+        dataset = dataset.filter(lambda row: row["id"] not in held)
+    return dataset
+
+
 def export_run(
     run: Path,
     to: ExportTarget,
@@ -49,7 +62,6 @@ def export_run(
 ) -> tuple[Path, int]:
     """Write a run's SFT rows or DPO pairs as a dataset. Returns where, and how many rows.
     `secrets` (variable name -> value; default: those of the default config) are refused."""
-    import datasets
 
     rundir = RunDirectory(run)
     source = rundir.path(SOURCES[kind])
@@ -60,7 +72,7 @@ def export_run(
     if source.stat().st_size == 0:
         raise UserError(f"{source}: no finished rows to export yet")
     check_shareable(source, secrets_of(RunConfig()) if secrets is None else secrets)
-    dataset = datasets.Dataset.from_json(str(source))
+    dataset = training_rows(rundir, source)
     if to == "parquet":
         target = out or rundir.path(f"{kind}.parquet")
         dataset.to_parquet(str(target))

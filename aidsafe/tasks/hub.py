@@ -22,7 +22,8 @@ from aidsafe.policies import load_policies
 from aidsafe.recipes import registry
 from aidsafe.run.directory import GRADES_SUMMARY, JUDGE_SUMMARY, RunDirectory
 from aidsafe.run.pipeline import policies_of
-from aidsafe.tasks.export import check_shareable
+from aidsafe.tasks.export import check_shareable, training_rows
+from aidsafe.tasks.split import held_out
 
 # What a Hub repository of a run holds: config name -> (ledger in the run, file in the repo).
 FILES = {
@@ -69,7 +70,11 @@ def dataset_card(run: RunDirectory, configs: list[str], license: str) -> str:
     if manifest is None:
         raise UserError(f"{run.root}: not a run directory (no manifest.json)")
     recipe = registry.RECIPES.get(str(manifest.get("recipe")))
-    rows = {name: sum(1 for _ in read_jsonl(run.path(FILES[name][0]))) for name in configs}
+    held = held_out(run)  # not shared: the rows counted are those uploaded
+    rows = {
+        name: sum(1 for row in read_jsonl(run.path(FILES[name][0])) if row.get("id") not in held)
+        for name in configs
+    }
     front = {
         "license": license,
         "task_categories": ["text-generation"],
@@ -203,8 +208,6 @@ def hub_folder(
 ) -> HubFolder:
     """Write the run's dataset in the Hub's layout to `target` (data files and README.md),
     each ledger checked first; the configs that had rows."""
-    import datasets
-
     run = RunDirectory(run_dir)
     present = [n for n in configs if run.path(FILES[n][0]).exists()]
     present = [n for n in present if run.path(FILES[n][0]).stat().st_size > 0]
@@ -217,10 +220,11 @@ def hub_folder(
     (target / "data").mkdir(parents=True)
     for name in present:
         source, path = FILES[name]
+        rows = training_rows(run, run.path(source))  # held-out prompts stay home
         if path.endswith(".parquet"):
-            datasets.Dataset.from_json(str(run.path(source))).to_parquet(str(target / path))
+            rows.to_parquet(str(target / path))
         else:
-            shutil.copyfile(run.path(source), target / path)
+            rows.to_json(str(target / path), lines=True, force_ascii=False)
     write_atomic(target / "README.md", dataset_card(run, present, license))
     files = sorted(p.relative_to(target) for p in target.rglob("*") if p.is_file())
     return HubFolder(target, files, present)
