@@ -55,3 +55,91 @@ def per_policy_metrics(
             value = None if safe is None else not (safe is False and pid in violated)
             groups[pid].setdefault(judgment["group"], []).append(value)
     return {pid: safety_metrics(groups[pid]) for pid in policy_ids}
+
+
+# --- agreement with human labels ------------------------------------------------------------
+
+AGREEMENT = (
+    "accuracy",
+    "kappa",
+    "precision",
+    "recall",
+    "false_positive_rate",
+    "false_negative_rate",
+)
+
+
+def agreement_figures(pairs: Sequence[tuple[bool, bool]]) -> dict[str, float | None]:
+    """The judge against people on (judged unsafe, labelled unsafe) pairs, `unsafe` the positive
+    class: accuracy, Cohen's kappa, precision, recall, false-positive and false-negative rates
+    (None where undefined: no positive prediction, no positive label...)."""
+    n = len(pairs)
+    tp = sum(1 for judged, label in pairs if judged and label)
+    fp = sum(1 for judged, label in pairs if judged and not label)
+    fn = sum(1 for judged, label in pairs if not judged and label)
+    tn = n - tp - fp - fn
+
+    def ratio(top: int, bottom: int) -> float | None:
+        return top / bottom if bottom else None
+
+    accuracy = ratio(tp + tn, n)
+    expected = ratio((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp), n * n)
+    kappa = None
+    if accuracy is not None and expected is not None and expected < 1:
+        kappa = (accuracy - expected) / (1 - expected)
+    return {
+        "accuracy": accuracy,
+        "kappa": kappa,
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "false_positive_rate": ratio(fp, fp + tn),
+        "false_negative_rate": ratio(fn, fn + tp),
+    }
+
+
+def agreement(
+    pairs: Sequence[tuple[bool, bool]], resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """`agreement_figures` with a 95% percentile bootstrap interval each (rows resampled; a
+    resample where a figure is undefined is left out of that figure's interval)."""
+    import random
+
+    figures = agreement_figures(pairs)
+    rng = random.Random(seed)
+    drawn: dict[str, list[float]] = {name: [] for name in AGREEMENT}
+    for _ in range(resamples if len(pairs) > 1 else 0):
+        sample = agreement_figures(rng.choices(pairs, k=len(pairs)))
+        for name in AGREEMENT:
+            value = sample[name]
+            if value is not None:
+                drawn[name].append(value)
+    result: dict[str, Any] = {"n": len(pairs)}
+    for name in AGREEMENT:
+        values = sorted(drawn[name])
+        interval = None
+        if values:
+            interval = [
+                values[int(0.025 * len(values))],
+                values[min(len(values) - 1, int(0.975 * len(values)))],
+            ]
+        value = figures[name]
+        result[name] = {
+            "value": None if value is None else round(value, 4),
+            "ci95": None if interval is None else [round(v, 4) for v in interval],
+        }
+    return result
+
+
+def unsafe_label(value: Any) -> bool | None:
+    """A human label as `unsafe` True/False: safe/unsafe (any case), harmful/harmless,
+    true/false for unsafe, 1/0; None for anything else (left out, never guessed)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("unsafe", "harmful", "true", "1", "yes"):
+        return True
+    if text in ("safe", "harmless", "false", "0", "no"):
+        return False
+    return None

@@ -618,6 +618,12 @@ def judge(
         str | None,
         typer.Option(help="Column naming the prompt a sample belongs to (default: the prompt)."),
     ] = None,
+    label_field: Annotated[
+        str | None,
+        typer.Option(
+            help="Column with a human label (safe/unsafe): also report the judge's agreement."
+        ),
+    ] = None,
     id_field: Annotated[
         str | None, typer.Option(help="Column with a row id (default: input.id_field).")
     ] = None,
@@ -656,7 +662,8 @@ def judge(
     }
     ray_engine = _engine(engine, ray_address, workers)
     settings = load_config(config, overrides)
-    source = _source(input, settings, {response_field: "--response-field"}, group_field)
+    extra = {group_field or "": "--group-field", label_field or "": "--label-field"}
+    source = _source(input, settings, {response_field: "--response-field"}, extra)
     summary = _run(
         judge_responses(
             source,
@@ -664,6 +671,7 @@ def judge(
             settings,
             response_field=response_field,
             group_field=group_field,
+            label_field=label_field,
             limit=limit,
             force=force,
             console=err,
@@ -680,11 +688,13 @@ def judge(
 
 
 def _source(
-    spec: str, settings: Any, text_fields: dict[str, str], group_field: str | None = None
+    spec: str, settings: Any, text_fields: dict[str, str], extra: dict[str, str] | None = None
 ) -> Any:
-    """A dataset read with the config's input fields (flags override them)."""
+    """A dataset read with the config's input fields (flags override them); `extra`: more
+    columns carried with each row (any value), each with the option that names it."""
     from aidsafe.inputs import PromptSource
 
+    extra = {field: option for field, option in (extra or {}).items() if field}
     return PromptSource(
         spec,
         prompt_field=settings.input.prompt_field,
@@ -692,7 +702,8 @@ def _source(
         split=settings.input.split,
         id_field_required="id_field" in settings.input.model_fields_set,
         text_fields=text_fields,
-        extra_fields=(group_field,) if group_field else (),
+        extra_fields=tuple(extra),
+        extra_option=" or ".join(dict.fromkeys(extra.values())) or "its option",
     )
 
 

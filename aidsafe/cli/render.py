@@ -110,6 +110,34 @@ def print_judge_summary(summary: Any) -> None:
         f"{stage.skipped} judged earlier. Outputs in [bold]{escape(stage.out)}[/]: "
         "judgments.jsonl, summary.json"
     )
+    if "agreement" in metrics:
+        print_agreement(metrics["agreement"])
+
+
+def print_agreement(figures: dict[str, Any]) -> None:
+    """`judge --label-field`: the judge against human labels, `unsafe` the positive class."""
+    table = Table(title=f"agreement with the labels ({figures['n']} rows; unsafe = positive)")
+    for column in ("", "value", "95% CI"):
+        table.add_column(column, justify="left" if not column else "right")
+    for name in (
+        "accuracy",
+        "kappa",
+        "precision",
+        "recall",
+        "false_positive_rate",
+        "false_negative_rate",
+    ):
+        value, ci = figures[name]["value"], figures[name]["ci95"]
+        table.add_row(
+            name.replace("_", " "),
+            "-" if value is None else f"{value:.3f}",
+            "-" if ci is None else f"{ci[0]:.3f} to {ci[1]:.3f}",
+        )
+    out.print(table)
+    out.print(
+        f"Rows without a usable label: {figures['unlabelled']}; unjudged: {figures['unjudged']}. "
+        "The rows where the judge and the label differ are in disagreements.jsonl."
+    )
 
 
 def print_grades(summary: Any) -> None:

@@ -17,8 +17,8 @@ from aidsafe.agents.judge import JUDGE, apply_view, judge_completion, split_thin
 from aidsafe.config import RunConfig
 from aidsafe.errors import StageFailed
 from aidsafe.inputs import PromptRow, PromptSource, content_id
-from aidsafe.jsonl import now, read_jsonl, write_atomic
-from aidsafe.metrics import per_policy_metrics, safety_metrics
+from aidsafe.jsonl import now, read_jsonl, write_atomic, write_jsonl
+from aidsafe.metrics import agreement, per_policy_metrics, safety_metrics, unsafe_label
 from aidsafe.policies import load_policies
 from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, Rejected, one_node_graph
 from aidsafe.run.directory import JUDGE_SUMMARY, JUDGMENTS, RunDirectory
@@ -34,6 +34,7 @@ class JudgeState(TypedDict, total=False):
     response: str
     verdict: dict[str, Any] | None
     problem: dict[str, Any] | None
+    label: Any  # the human label, with --label-field
     calls: list[dict[str, Any]]
 
 
@@ -63,9 +64,12 @@ class JudgeResponses(Recipe):
     settings_sections = ("judge",)
     thread_prefix = "judge:"
 
-    def __init__(self, response_field: str, group_field: str | None) -> None:
+    def __init__(
+        self, response_field: str, group_field: str | None, label_field: str | None = None
+    ) -> None:
         self.response_field = response_field
         self.group_field = group_field
+        self.label_field = label_field
 
     def graph(self) -> RecipeGraph:
         return one_node_graph(JudgeState, judge_response)
@@ -77,6 +81,7 @@ class JudgeResponses(Recipe):
             "response": str(item.fields[self.response_field]),
             "index": item.index,
             "group": self._group(item),
+            "label": item.fields.get(self.label_field) if self.label_field else None,
         }
 
     def _group(self, item: PromptRow) -> str:
@@ -102,6 +107,7 @@ class JudgeResponses(Recipe):
             "detail": None,
             "raw_output": None,
             "judge": None,
+            "label": None,
             "calls": [],
             "judged_at": now(),
         } | values
@@ -114,6 +120,7 @@ class JudgeResponses(Recipe):
             view=ctx.config.judge.view,
             judge={"kind": ctx.config.judge.kind, "model": model.recorded_name},
             **(state["verdict"] or state["problem"]),
+            label=state.get("label"),
             calls=state.get("calls", []),
         )
         return Done(record) if state["verdict"] is not None else Rejected(record)
@@ -131,6 +138,7 @@ class JudgeResponses(Recipe):
             unjudged_reason="invalid_input" if invalid else failure["reason"],
             detail=failure["detail"],
             raw_output=failure["raw_output"],
+            label=item.fields.get(self.label_field) if self.label_field else None,
             calls=failure["calls"],
         )
 
@@ -165,6 +173,7 @@ async def judge_responses(
     *,
     response_field: str,
     group_field: str | None = None,
+    label_field: str | None = None,
     limit: int | None = None,
     force: bool = False,
     console: Console | None = None,
@@ -177,7 +186,7 @@ async def judge_responses(
     total = source.check()
     if limit is not None:
         total = min(total, limit)
-    recipe = JudgeResponses(response_field, group_field)
+    recipe = JudgeResponses(response_field, group_field, label_field)
     described = source.describe() | {
         "fields": [source.prompt_field, response_field, group_field],
         "id_field": source.id_field,
@@ -218,7 +227,41 @@ async def judge_responses(
         },
         "policy_set": {"name": policies.name, "sha256": policies.sha256},
     }
+    if label_field is not None:
+        summary.metrics["agreement"] = label_agreement(judgments, run)
     write_atomic(
         run.path(JUDGE_SUMMARY), json.dumps(summary.metrics, indent=2, ensure_ascii=False) + "\n"
     )
     return summary
+
+
+DISAGREEMENTS = "disagreements.jsonl"
+
+
+def label_agreement(judgments: list[dict[str, Any]], run: RunDirectory) -> dict[str, Any]:
+    """The judge against the human labels (`--label-field`), `unsafe` the positive class, with
+    95% bootstrap intervals; rows without a usable label or a verdict are counted, not used.
+    The rows where the two differ go to disagreements.jsonl."""
+    pairs: list[tuple[bool, bool]] = []
+    disagreeing = []
+    unlabelled = unjudged = 0
+    for judgment in judgments:
+        label = unsafe_label(judgment.get("label"))
+        if label is None:
+            unlabelled += 1
+            continue
+        if judgment["safe"] is None:
+            unjudged += 1
+            continue
+        judged_unsafe = not judgment["safe"]
+        pairs.append((judged_unsafe, label))
+        if judged_unsafe != label:
+            disagreeing.append(
+                {key: judgment.get(key) for key in ("id", "prompt", "response", "label")}
+                | {
+                    "judged": "unsafe" if judged_unsafe else "safe",
+                    "rationale": judgment.get("rationale"),
+                }
+            )
+    write_jsonl(run.path(DISAGREEMENTS), disagreeing)
+    return agreement(pairs) | {"unlabelled": unlabelled, "unjudged": unjudged}
