@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# llama-cpp-python compiles from source the first time (about 4 minutes on 2 cores).
-	$(BIN)/python -m pip install --quiet -e '.[local,dev,ray,tfidf]'
+	$(BIN)/python -m pip install --quiet -e '.[local,dev,ray,tfidf,inspect]'
 	touch $(STAMP)
 
 setup: $(STAMP)

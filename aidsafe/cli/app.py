@@ -514,7 +514,11 @@ def dpo(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     to: Annotated[
-        str, typer.Option(help="parquet, hf (save_to_disk folder) or jsonl.")
+        str,
+        typer.Option(
+            help="parquet, hf (save_to_disk folder and card), jsonl, or inspect (the held-out "
+            "prompts as an Inspect task)."
+        ),
     ] = "parquet",
     kind: Annotated[str, typer.Option("--format", help="sft or dpo.")] = "sft",
     output: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write.")] = None,
@@ -531,8 +535,17 @@ def export(
     from aidsafe.tasks.export import export_run, secrets_of
     from aidsafe.tasks.hub import dataset_card
 
+    if to == "inspect":
+        from aidsafe.tasks.inspect_task import export_inspect
+
+        target, samples = export_inspect(run_dir, output or run_dir / "inspect", config)
+        out.print(
+            f"Wrote {samples} held-out prompts and task.py to {escape(str(target))}; evaluate "
+            f"with: inspect eval {escape(str(target / 'task.py'))} --model PROVIDER/MODEL"
+        )
+        return
     if to not in ("parquet", "hf", "jsonl"):
-        raise UserError(f"--to: expected parquet, hf or jsonl, got {to!r}")
+        raise UserError(f"--to: expected parquet, hf, jsonl or inspect, got {to!r}")
     if kind not in ("sft", "dpo"):
         raise UserError(f"--format: expected sft or dpo, got {kind!r}")
     secrets = secrets_of(load_config(config))
