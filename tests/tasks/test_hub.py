@@ -103,6 +103,10 @@ def test_push_uploads_the_data_and_a_card_that_datasets_loads_by_config(
     folder = Path(uploaded["folder_path"])
     card = (folder / "README.md").read_text()
     meta = front_matter(card)
+    from huggingface_hub import DatasetCard
+
+    parsed = DatasetCard.load(folder / "README.md")  # as the Hub reads it
+    assert parsed.data.license == "cc-by-4.0" and "Citation" in parsed.text
     assert meta["license"] == "cc-by-4.0" and meta["task_categories"] == ["text-generation"]
     assert [c["config_name"] for c in meta["configs"]] == ["sft", "dpo", "traces"]
     # the Hub's layout works: each config loads by name from the folder as it was uploaded

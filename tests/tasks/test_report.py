@@ -46,3 +46,15 @@ async def test_compare_two_graded_runs(tmp_path: Path) -> None:
     assert page.startswith("<!DOCTYPE html>") and "http" not in unfetched
     for expected in ("baseline", "aidsafe", *METRICS, "Deliberation rounds used", "Tokens per row"):
         assert expected in page
+    # and in the real headless browser: it renders its charts, with no script error
+    from tests.browser import CHROMIUM, Browser
+
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    (tmp_path / "report.html").write_text(page)
+    with Browser() as browser:
+        browser.open((tmp_path / "report.html").resolve().as_uri())
+        browser.wait("document.readyState === 'complete'")
+        assert browser.evaluate("document.querySelectorAll('svg').length") >= 3
+        shot = browser.screenshot(tmp_path / "report.png")
+        assert shot.stat().st_size > 10_000 and browser.errors() == []

@@ -53,6 +53,8 @@ def test_a_dpo_run_page_lists_filters_searches_and_shows_a_row(tmp_path: Path) -
         browser.evaluate("location.hash = '#tab=charts'")
         browser.wait("document.body.dataset.rendered === '#tab=charts'")
         assert browser.evaluate("document.querySelectorAll('#charts svg').length") >= 3
+        shot = browser.screenshot(tmp_path / "charts.png")
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
         assert browser.errors() == []
 
 
