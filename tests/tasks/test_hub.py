@@ -5,6 +5,7 @@ cannot be reached from here); --dry-run sends nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,32 @@ def test_export_to_hf_writes_the_card_beside_the_data(
     card = (target / "README.md").read_text()
     assert front_matter(card)["license"] == "mit" and "## Citation" in card
     assert len(datasets.load_from_disk(str(target))) == 4
+
+
+@pytest.mark.parametrize(
+    ("make", "cited"),
+    [("baseline_run", "kumarage2025aidsafe"), ("unsafechain_run", "tomar2025unsafechain")],
+)
+def test_the_card_of_every_recipe_names_its_models_policies_outcomes_and_paper(
+    tmp_path: Path, make: str, cited: str
+) -> None:
+    from huggingface_hub import DatasetCard
+
+    from aidsafe.tasks.hub import dataset_card
+    from tests.tasks import runs
+
+    run = asyncio.run(getattr(runs, make)(tmp_path))
+    card = dataset_card(run, ["sft", "traces"], "apache-2.0")
+    (tmp_path / "README.md").write_text(card)
+    parsed = DatasetCard.load(tmp_path / "README.md")
+    assert parsed.data.license == "apache-2.0"
+    recipe = json.loads((run.root / "manifest.json").read_text())["recipe"]
+    for text in (
+        f"`{recipe}` recipe",
+        "## Models",
+        "## Safety policies",
+        "Rows done:",
+        cited,
+        "SFTTrainer",
+    ):
+        assert text in card, text
