@@ -199,7 +199,6 @@ def browse(page: Path) -> dict[str, float]:
         browser.evaluate("location.hash = 'q=' + encodeURIComponent('zzzzqqq')")
         search = float(browser.wait("document.body.dataset.searchMs", timeout=600))
         browser.evaluate("location.hash = 'row=row-000002'")
-        browser.wait("document.getElementById('deliberation')", timeout=600)
         row = float(browser.wait("document.body.dataset.rowMs", timeout=600))
         if browser.errors():
             raise SystemExit(f"the page reported errors: {browser.errors()}")
