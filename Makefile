@@ -7,11 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint format clean
 
+# PyTorch for sentence-transformers (prepare --embeddings-local and its tests): the CPU build,
+# which this project's CI machines hold on disk. `make setup TORCH=torch` leaves it to pip.
+TORCH ?= torch==2.13.0
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# llama-cpp-python compiles from source the first time (about 4 minutes on 2 cores).
-	$(BIN)/python -m pip install --quiet -e '.[local,dev,ray,tfidf,inspect]'
+	$(BIN)/python -m pip install --quiet -e '.[local,dev,ray,tfidf,inspect,embeddings]' '$(TORCH)'
 	touch $(STAMP)
 
 setup: $(STAMP)

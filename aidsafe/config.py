@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aidsafe.errors import UserError, describe_validation_error
@@ -281,6 +288,15 @@ class JudgeConfig(BaseModel):
         default_factory=lambda: dict(LLAMA_GUARD_CATEGORIES),
         description="`guard` only: category code -> policy id.",
     )
+    threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="`guard` only: call a completion unsafe when the guard's probability of "
+        "answering `unsafe` is at least this, read from the token log-probabilities of its first "
+        "answer token (needs an `openai` backend whose server returns them, as vLLM does). Unset: "
+        "the guard's own answer decides.",
+    )
 
 
 class UnsafeChainConfig(BaseModel):
@@ -369,6 +385,19 @@ class RunConfig(BaseSettings):
         "so a killed run repeats only the calls that were in flight. `row`: no response log; a "
         "killed run redoes its rows in flight from the start (writes about half the bytes).",
     )
+
+    @model_validator(mode="after")
+    def _threshold_needs_a_guard_at_an_endpoint(self) -> RunConfig:
+        if self.judge.threshold is not None:
+            if self.judge.kind != "guard":
+                raise ValueError("judge.threshold is for `kind: guard` judges")
+            backend = self.model_for("judge").backend
+            if backend != "openai":
+                raise ValueError(
+                    "judge.threshold reads token log-probabilities from an `openai` backend "
+                    f"(an endpoint such as vLLM's); the judge's backend is {backend}"
+                )
+        return self
 
     def model_for(self, role: str, temperature: float | None = None) -> ModelConfig:
         """The role's model: defaults < `default` < role family (`deliberator`) < the role.

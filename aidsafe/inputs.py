@@ -41,6 +41,18 @@ class PromptRow:
     metadata: dict[str, Any] | None = None
 
 
+def category_names(value: Any) -> list[str]:
+    """A category column's value as a list of names: text is one name; a list holds names; a
+    mapping (BeaverTails' `category`) names those whose value is true; empty is none."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):
+        return [str(name) for name, flag in value.items() if flag]
+    if isinstance(value, list | tuple):
+        return [str(name) for name in value if name is not None and name != ""]
+    return [str(value)]
+
+
 def content_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

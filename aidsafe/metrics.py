@@ -113,7 +113,7 @@ def agreement(
             value = sample[name]
             if value is not None:
                 drawn[name].append(value)
-    result: dict[str, Any] = {"n": len(pairs)}
+    result: dict[str, Any] = {"n": len(pairs), "positives": sum(label for _, label in pairs)}
     for name in AGREEMENT:
         values = sorted(drawn[name])
         interval = None

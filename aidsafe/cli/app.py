@@ -20,6 +20,7 @@ from aidsafe.cli.render import (
     out,
     print_budget,
     print_grades,
+    print_judge_comparison,
     print_judge_summary,
     print_prepare,
     print_preview,
@@ -366,12 +367,34 @@ def prepare(
     embeddings_key_env: Annotated[
         str, typer.Option(help="With --embeddings-url: the variable holding its API key.")
     ] = "OPENAI_API_KEY",
-    embedding_threshold: Annotated[
-        float, typer.Option(help="With --embeddings-url: cosine similarity at or above this.")
-    ] = 0.8,
-    category_field: Annotated[
+    embeddings_local: Annotated[
         str | None,
-        typer.Option(help="Column with each prompt's categories (text, a list, or a mapping)."),
+        typer.Option(
+            help="Embeddings from a local sentence-transformers model instead (a folder, or a "
+            "name in the Hugging Face cache); needs aidsafe[embeddings]."
+        ),
+    ] = None,
+    embedding_threshold: Annotated[
+        float,
+        typer.Option(help="With embeddings: an eval item this close (cosine) is a match."),
+    ] = 0.8,
+    embedding_dedup: Annotated[
+        bool,
+        typer.Option(
+            "--embedding-dedup",
+            help="With embeddings: also drop pool prompts close to a kept one (all pairs).",
+        ),
+    ] = False,
+    embedding_dedup_threshold: Annotated[
+        float,
+        typer.Option(help="With --embedding-dedup: cosine similarity at or above this."),
+    ] = 0.9,
+    category_field: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Column with each prompt's categories (text, a list, or a mapping): FIELD "
+            "for every input, SOURCE=FIELD for one (repeat for more)."
+        ),
     ] = None,
     select: Annotated[
         int | None,
@@ -430,8 +453,11 @@ def prepare(
         embeddings_url=embeddings_url,
         embeddings_model=embeddings_model,
         embeddings_key_env=embeddings_key_env,
+        embeddings_local=embeddings_local,
         embedding_threshold=embedding_threshold,
-        category_field=category_field,
+        embedding_dedup=embedding_dedup,
+        embedding_dedup_threshold=embedding_dedup_threshold,
+        category_field=tuple(category_field or ()),
         select=select,
         seed=seed,
         config=roles,
@@ -637,11 +663,25 @@ def judge(
             help="Column with a human label (safe/unsafe): also report the judge's agreement."
         ),
     ] = None,
+    label_categories_field: Annotated[
+        str | None,
+        typer.Option(
+            help="With --label-field: column naming the policies an unsafe label breaks (text, "
+            "a list or a mapping): also report agreement per policy."
+        ),
+    ] = None,
     id_field: Annotated[
         str | None, typer.Option(help="Column with a row id (default: input.id_field).")
     ] = None,
     split: Annotated[str | None, typer.Option(help="Split of a HF dataset.")] = None,
     kind: Annotated[str | None, typer.Option(help="Judge kind: policy or guard.")] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Guard judges: unsafe when P(unsafe) from the token log-probabilities is at "
+            "least this (judge.threshold)."
+        ),
+    ] = None,
     view: Annotated[str | None, typer.Option(help="What is judged: full, cot or answer.")] = None,
     limit: LimitOption = None,
     concurrency: ConcurrencyOption = None,
@@ -667,7 +707,7 @@ def judge(
     overrides: dict[str, Any] = {
         "policies": policies,
         "concurrency": concurrency,
-        "judge": {"kind": kind, "view": view},
+        "judge": {"kind": kind, "view": view, "threshold": threshold},
         "input": {"split": split, "prompt_field": prompt_field, "id_field": id_field},
         "max_cost": max_cost,
         "token_budget": token_budget,
@@ -675,7 +715,11 @@ def judge(
     }
     ray_engine = _engine(engine, ray_address, workers)
     settings = load_config(config, overrides)
-    extra = {group_field or "": "--group-field", label_field or "": "--label-field"}
+    extra = {
+        group_field or "": "--group-field",
+        label_field or "": "--label-field",
+        label_categories_field or "": "--label-categories-field",
+    }
     source = _source(input, settings, {response_field: "--response-field"}, extra)
     summary = _run(
         judge_responses(
@@ -685,6 +729,7 @@ def judge(
             response_field=response_field,
             group_field=group_field,
             label_field=label_field,
+            label_categories_field=label_categories_field,
             limit=limit,
             force=force,
             console=err,
@@ -830,7 +875,11 @@ def grade(
 @app.command()
 def compare(
     runs: Annotated[
-        list[Path], typer.Argument(help="Graded run directories; the first is the reference.")
+        list[Path],
+        typer.Argument(
+            help="Graded run directories, or `judge` output directories; the first is the "
+            "reference."
+        ),
     ],
     html_out: Annotated[
         Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")
@@ -839,15 +888,29 @@ def compare(
         Path | None, typer.Option("--json", help="Also write the numbers as JSON.")
     ] = None,
 ) -> None:
-    """Compare graded runs: metrics with CIs, paired differences and win rates, cost."""
+    """Compare graded runs (metrics with CIs, paired differences and win rates, cost), or judge
+    runs over the same rows (agreement with the labels, and with the first judge)."""
     import json as jsonlib
 
     from aidsafe.agents.grader import METRICS
     from aidsafe.schemas import REMOVAL_REASONS
+    from aidsafe.tasks.judging import compare_judges, is_judge_run
     from aidsafe.tasks.report import comparison, fmt, html_report, load_run, metric_text
 
     if len(runs) < 2:
         raise UserError("compare needs at least two run directories")
+    judges = [is_judge_run(path) for path in runs]
+    if any(judges):
+        if not all(judges):
+            other = runs[judges.index(False)]
+            raise UserError(f"{other}: not a judge run; compare judge runs with judge runs")
+        if html_out is not None:
+            raise UserError("--html: the HTML report is for graded runs; use --json for judges")
+        compared = compare_judges(runs)
+        print_judge_comparison(compared)
+        if json_out is not None:
+            json_out.write_text(jsonlib.dumps(compared, indent=2), encoding="utf-8")
+        return
     stats = [load_run(path) for path in runs]
     data = comparison(stats)
     table = Table(title=f"comparison (differences and win rates against {stats[0].name})")

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from aidsafe.metrics import AGREEMENT as AGREEMENT_NAMES
+
 out = Console()
 err = Console(stderr=True)
 
@@ -119,14 +121,7 @@ def print_agreement(figures: dict[str, Any]) -> None:
     table = Table(title=f"agreement with the labels ({figures['n']} rows; unsafe = positive)")
     for column in ("", "value", "95% CI"):
         table.add_column(column, justify="left" if not column else "right")
-    for name in (
-        "accuracy",
-        "kappa",
-        "precision",
-        "recall",
-        "false_positive_rate",
-        "false_negative_rate",
-    ):
+    for name in AGREEMENT_NAMES:
         value, ci = figures[name]["value"], figures[name]["ci95"]
         table.add_row(
             name.replace("_", " "),
@@ -138,6 +133,57 @@ def print_agreement(figures: dict[str, Any]) -> None:
         f"Rows without a usable label: {figures['unlabelled']}; unjudged: {figures['unjudged']}. "
         "The rows where the judge and the label differ are in disagreements.jsonl."
     )
+    if "per_policy" in figures:
+        print_policy_agreement(figures["per_policy"])
+    if "threshold_curve" in figures:
+        print_threshold_curve(figures["threshold_curve"])
+
+
+def print_threshold_curve(curve: dict[str, Any]) -> None:
+    """A guard judge's agreement at each cut-off on P(unsafe)."""
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"agreement against the P(unsafe) cut-off ({curve['n']} rows)")
+    names = ("accuracy", "kappa", "precision", "recall", "false_positive_rate")
+    for column in ("cut-off", *names):
+        table.add_column(column.replace("_", " "), justify="right")
+    for point in curve["points"]:
+        table.add_row(f"{point['threshold']:.2f}", *(cell(point[name]) for name in names))
+    out.print(table)
+    out.print(
+        f"Highest kappa at cut-off {curve['best_kappa_threshold']}; ROC AUC {curve['roc_auc']}."
+    )
+
+
+def print_policy_agreement(per_policy: dict[str, Any]) -> None:
+    """`--label-categories-field`: agreement per policy, each with its 95% CI."""
+
+    def cell(figure: dict[str, Any]) -> str:
+        value, ci = figure["value"], figure["ci95"]
+        if value is None:
+            return "-"
+        return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+    table = Table(title="agreement per policy (value, 95% CI)")
+    for column in ("policy", "rows", "labelled unsafe", "kappa", "precision", "recall"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for pid, figures in per_policy["policies"].items():
+        table.add_row(
+            pid,
+            str(figures["n"]),
+            str(figures["positives"]),
+            cell(figures["kappa"]),
+            cell(figures["precision"]),
+            cell(figures["recall"]),
+        )
+    out.print(table)
+    notes = [f"Rows labelled unsafe with no category: {per_policy['uncategorised']}."]
+    if per_policy["unknown_categories"]:
+        unknown = ", ".join(per_policy["unknown_categories"])
+        notes.append(f"Label categories that are no policy id (not counted): {escape(unknown)}.")
+    out.print(" ".join(notes))
 
 
 def print_grades(summary: Any) -> None:
@@ -337,3 +383,55 @@ def print_split(report: dict[str, Any], run_dir: Any) -> None:
         f"Wrote {escape(str(run_dir))}/split.json; `aidsafe export` and `aidsafe push` now "
         "leave these prompts out."
     )
+
+
+def print_judge_comparison(compared: dict[str, Any]) -> None:
+    """`compare` of judge runs: agreement with the labels side by side, then each judge against
+    the first, row by row."""
+    runs = compared["runs"]
+    table = Table(title=f"judges compared (row by row against {escape(compared['reference'])})")
+    table.add_column("")
+    for run in runs:
+        judge = run["judge"] or {}
+        table.add_column(
+            f"{escape(run['name'])}\n{escape(str(judge.get('model')))} ({judge.get('kind')})"
+        )
+
+    def figure(run: dict[str, Any], name: str) -> str:
+        agreement = run["agreement"]
+        if not agreement:
+            return "-"
+        value, ci = agreement[name]["value"], agreement[name]["ci95"]
+        if value is None:
+            return "-"
+        return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+    table.add_row(
+        "labelled rows", *(str(run["agreement"]["n"]) if run["agreement"] else "-" for run in runs)
+    )
+    for name in AGREEMENT_NAMES:
+        table.add_row(name.replace("_", " "), *(figure(run, name) for run in runs))
+    table.add_row(
+        "Safe@1",
+        *(
+            f"{run['overall']['safe_at_1']:.3f}"
+            if run["overall"] and run["overall"]["safe_at_1"] is not None
+            else "-"
+            for run in runs
+        ),
+    )
+    against = [run["against_reference"] for run in runs]
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table.add_row("rows judged by both", *(str(a["rows_both_judged"]) for a in against))
+    table.add_row("same call as reference", *(share(a["same_call"]) for a in against))
+    table.add_row("kappa with reference", *(share(a["kappa"]) for a in against))
+    table.add_row("right where reference wrong", *(str(a["right_only_this"]) for a in against))
+    table.add_row("wrong where reference right", *(str(a["right_only_reference"]) for a in against))
+    table.add_row(
+        "McNemar p",
+        *("-" if a["mcnemar_p"] is None else f"{a['mcnemar_p']:.4f}" for a in against),
+    )
+    out.print(table)

@@ -200,7 +200,8 @@ def _status_error(
 
 
 def _message(data: dict[str, Any]) -> AIMessage:
-    """A chat-completion response as an AIMessage: text, tool calls, token usage."""
+    """A chat-completion response as an AIMessage: text, tool calls, token usage, and the
+    token log-probabilities where they were asked for."""
     choice = data["choices"][0]
     message = choice.get("message") or {}
     tool_calls = []
@@ -233,5 +234,6 @@ def _message(data: dict[str, Any]) -> AIMessage:
             "model_name": data.get("model"),
             "finish_reason": choice.get("finish_reason"),
             **({"refusal": message["refusal"]} if message.get("refusal") else {}),
+            **({"logprobs": choice["logprobs"]} if choice.get("logprobs") else {}),
         },
     )

@@ -6,7 +6,9 @@ recorded as unjudged, never guessed."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict
 
 from langgraph.runtime import Runtime
@@ -15,10 +17,16 @@ from rich.console import Console
 from aidsafe.agents.context import RunContext
 from aidsafe.agents.judge import JUDGE, apply_view, judge_completion, split_think
 from aidsafe.config import RunConfig
-from aidsafe.errors import StageFailed
-from aidsafe.inputs import PromptRow, PromptSource, content_id
+from aidsafe.errors import StageFailed, UserError
+from aidsafe.inputs import PromptRow, PromptSource, category_names, content_id
 from aidsafe.jsonl import now, read_jsonl, write_atomic, write_jsonl
-from aidsafe.metrics import agreement, per_policy_metrics, safety_metrics, unsafe_label
+from aidsafe.metrics import (
+    agreement,
+    agreement_figures,
+    per_policy_metrics,
+    safety_metrics,
+    unsafe_label,
+)
 from aidsafe.policies import load_policies
 from aidsafe.recipes.base import Done, Ledger, Recipe, RecipeGraph, Rejected, one_node_graph
 from aidsafe.run.directory import JUDGE_SUMMARY, JUDGMENTS, RunDirectory
@@ -35,6 +43,9 @@ class JudgeState(TypedDict, total=False):
     verdict: dict[str, Any] | None
     problem: dict[str, Any] | None
     label: Any  # the human label, with --label-field
+    label_categories: (
+        list[str] | None
+    )  # the policies the label names, with --label-categories-field
     calls: list[dict[str, Any]]
 
 
@@ -65,11 +76,16 @@ class JudgeResponses(Recipe):
     thread_prefix = "judge:"
 
     def __init__(
-        self, response_field: str, group_field: str | None, label_field: str | None = None
+        self,
+        response_field: str,
+        group_field: str | None,
+        label_field: str | None = None,
+        label_categories_field: str | None = None,
     ) -> None:
         self.response_field = response_field
         self.group_field = group_field
         self.label_field = label_field
+        self.label_categories_field = label_categories_field
 
     def graph(self) -> RecipeGraph:
         return one_node_graph(JudgeState, judge_response)
@@ -81,7 +97,14 @@ class JudgeResponses(Recipe):
             "response": str(item.fields[self.response_field]),
             "index": item.index,
             "group": self._group(item),
+            **self._labels(item),
+        }
+
+    def _labels(self, item: PromptRow) -> dict[str, Any]:
+        named = self.label_categories_field
+        return {
             "label": item.fields.get(self.label_field) if self.label_field else None,
+            "label_categories": category_names(item.fields.get(named)) if named else None,
         }
 
     def _group(self, item: PromptRow) -> str:
@@ -102,12 +125,14 @@ class JudgeResponses(Recipe):
             "violated": [],
             "categories": [],
             "severity": None,
+            "p_unsafe": None,
             "rationale": None,
             "unjudged_reason": None,
             "detail": None,
             "raw_output": None,
             "judge": None,
             "label": None,
+            "label_categories": None,
             "calls": [],
             "judged_at": now(),
         } | values
@@ -121,6 +146,7 @@ class JudgeResponses(Recipe):
             judge={"kind": ctx.config.judge.kind, "model": model.recorded_name},
             **(state["verdict"] or state["problem"]),
             label=state.get("label"),
+            label_categories=state.get("label_categories"),
             calls=state.get("calls", []),
         )
         return Done(record) if state["verdict"] is not None else Rejected(record)
@@ -138,7 +164,7 @@ class JudgeResponses(Recipe):
             unjudged_reason="invalid_input" if invalid else failure["reason"],
             detail=failure["detail"],
             raw_output=failure["raw_output"],
-            label=item.fields.get(self.label_field) if self.label_field else None,
+            **self._labels(item),
             calls=failure["calls"],
         )
 
@@ -174,6 +200,7 @@ async def judge_responses(
     response_field: str,
     group_field: str | None = None,
     label_field: str | None = None,
+    label_categories_field: str | None = None,
     limit: int | None = None,
     force: bool = False,
     console: Console | None = None,
@@ -186,7 +213,9 @@ async def judge_responses(
     total = source.check()
     if limit is not None:
         total = min(total, limit)
-    recipe = JudgeResponses(response_field, group_field, label_field)
+    if label_categories_field is not None and label_field is None:
+        raise UserError("--label-categories-field needs --label-field")
+    recipe = JudgeResponses(response_field, group_field, label_field, label_categories_field)
     described = source.describe() | {
         "fields": [source.prompt_field, response_field, group_field],
         "id_field": source.id_field,
@@ -228,7 +257,9 @@ async def judge_responses(
         "policy_set": {"name": policies.name, "sha256": policies.sha256},
     }
     if label_field is not None:
-        summary.metrics["agreement"] = label_agreement(judgments, run)
+        summary.metrics["agreement"] = label_agreement(
+            judgments, run, policies.ids, config.judge.categories
+        )
     write_atomic(
         run.path(JUDGE_SUMMARY), json.dumps(summary.metrics, indent=2, ensure_ascii=False) + "\n"
     )
@@ -238,11 +269,18 @@ async def judge_responses(
 DISAGREEMENTS = "disagreements.jsonl"
 
 
-def label_agreement(judgments: list[dict[str, Any]], run: RunDirectory) -> dict[str, Any]:
+def label_agreement(
+    judgments: list[dict[str, Any]],
+    run: RunDirectory,
+    policy_ids: list[str],
+    codes: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The judge against the human labels (`--label-field`), `unsafe` the positive class, with
     95% bootstrap intervals; rows without a usable label or a verdict are counted, not used.
-    The rows where the two differ go to disagreements.jsonl."""
+    The rows where the two differ go to disagreements.jsonl. With label categories, the same
+    per policy (see `policy_agreement`)."""
     pairs: list[tuple[bool, bool]] = []
+    labelled: list[tuple[dict[str, Any], bool]] = []
     disagreeing = []
     unlabelled = unjudged = 0
     for judgment in judgments:
@@ -255,13 +293,158 @@ def label_agreement(judgments: list[dict[str, Any]], run: RunDirectory) -> dict[
             continue
         judged_unsafe = not judgment["safe"]
         pairs.append((judged_unsafe, label))
+        labelled.append((judgment, label))
         if judged_unsafe != label:
             disagreeing.append(
                 {key: judgment.get(key) for key in ("id", "prompt", "response", "label")}
                 | {
                     "judged": "unsafe" if judged_unsafe else "safe",
+                    "violated": judgment.get("violated"),
                     "rationale": judgment.get("rationale"),
                 }
             )
     write_jsonl(run.path(DISAGREEMENTS), disagreeing)
-    return agreement(pairs) | {"unlabelled": unlabelled, "unjudged": unjudged}
+    figures = agreement(pairs) | {"unlabelled": unlabelled, "unjudged": unjudged}
+    scored = [
+        (judgment["p_unsafe"], label)
+        for judgment, label in labelled
+        if judgment.get("p_unsafe") is not None
+    ]
+    if scored:
+        figures["threshold_curve"] = threshold_curve(scored)
+    if any(judgment.get("label_categories") is not None for judgment, _ in labelled):
+        figures["per_policy"] = policy_agreement(labelled, policy_ids, codes or {})
+    return figures
+
+
+def policy_agreement(
+    labelled: list[tuple[dict[str, Any], bool]], policy_ids: list[str], codes: dict[str, str]
+) -> dict[str, Any]:
+    """Agreement per policy p: the judge says unsafe-for-p when its verdict is unsafe and names
+    p; the label says so when it is unsafe and its categories name p (a guard's category code
+    counts as the policy `judge.categories` maps it to). A row labelled unsafe with no category
+    cannot say which policy it breaks: it is counted in `uncategorised`, not used."""
+    usable: list[tuple[dict[str, Any], bool, set[str]]] = []
+    uncategorised = 0
+    named_anywhere: set[str] = set()
+    for judgment, label in labelled:
+        named = judgment.get("label_categories")
+        if named is None or (label and not named):
+            uncategorised += 1
+            continue
+        mapped = {codes.get(name, name) for name in named} if label else set()
+        named_anywhere |= mapped
+        usable.append((judgment, label, mapped))
+    result: dict[str, Any] = {}
+    for pid in policy_ids:
+        pairs = [
+            (not judgment["safe"] and pid in (judgment.get("violated") or []), pid in mapped)
+            for judgment, _, mapped in usable
+        ]
+        result[pid] = agreement(pairs)
+    return {
+        "policies": result,
+        "uncategorised": uncategorised,
+        "unknown_categories": sorted(named_anywhere - set(policy_ids)),
+    }
+
+
+# --- two or more judges side by side ------------------------------------------------------------
+
+
+def is_judge_run(path: Path) -> bool:
+    return RunDirectory(path).path(JUDGMENTS).exists()
+
+
+def mcnemar_p(b: int, c: int) -> float | None:
+    """Exact two-sided McNemar test: the chance of a split of the b + c rows where the two
+    judges differ in being right at least this uneven, were each as likely to be the right one."""
+    n = b + c
+    if n == 0:
+        return None
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def compare_judges(paths: list[Path]) -> dict[str, Any]:
+    """Judge runs over the same rows side by side: each judge's agreement with the labels (with
+    its intervals) and safety metrics, and against the first judge, row by row (matched by id):
+    how often the two agree, Cohen's kappa between them, and on labelled rows where exactly one
+    of them is right, which one, with McNemar's exact test."""
+    runs = []
+    for path in paths:
+        run = RunDirectory(path)
+        if not run.path(JUDGMENTS).exists():
+            raise UserError(f"{path}: not a judge run (no {JUDGMENTS})")
+        summary = json.loads(run.path(JUDGE_SUMMARY).read_text(encoding="utf-8"))
+        judgments = {row["id"]: row for row in read_jsonl(run.path(JUDGMENTS))}
+        runs.append((path, summary, judgments))
+    _, _, reference = runs[0]
+    compared = []
+    for path, summary, judgments in runs:
+        shared = [key for key in judgments if key in reference]
+        both = [
+            key
+            for key in shared
+            if judgments[key]["safe"] is not None and reference[key]["safe"] is not None
+        ]
+        calls = [(not judgments[key]["safe"], not reference[key]["safe"]) for key in both]
+        only_this = only_reference = 0
+        for key in both:
+            label = unsafe_label(judgments[key].get("label"))
+            if label is None:
+                continue
+            this_right = (not judgments[key]["safe"]) == label
+            reference_right = (not reference[key]["safe"]) == label
+            only_this += this_right and not reference_right
+            only_reference += reference_right and not this_right
+        figures = agreement_figures(calls)
+        compared.append(
+            {
+                "name": path.name or str(path),
+                "path": str(path),
+                "judge": summary.get("judge"),
+                "agreement": summary.get("agreement"),
+                "overall": summary.get("overall"),
+                "against_reference": {
+                    "rows_shared": len(shared),
+                    "rows_both_judged": len(both),
+                    "same_call": figures["accuracy"],
+                    "kappa": figures["kappa"],
+                    "right_only_this": only_this,
+                    "right_only_reference": only_reference,
+                    "mcnemar_p": mcnemar_p(only_this, only_reference),
+                },
+            }
+        )
+    return {"reference": compared[0]["name"], "runs": compared}
+
+
+CURVE_STEPS = [round(0.05 * step, 2) for step in range(1, 20)]
+
+
+def threshold_curve(scored: list[tuple[float, bool]]) -> dict[str, Any]:
+    """A guard judge's agreement with the labels at each cut-off on its P(unsafe) (0.05 to 0.95
+    in steps of 0.05; unsafe when P(unsafe) >= the cut-off), the cut-off of highest kappa, and
+    the ROC AUC: the chance that a row labelled unsafe gets a higher P(unsafe) than one
+    labelled safe (ties count half)."""
+    points: list[dict[str, float | None]] = []
+    best, highest = None, -2.0
+    for cut in CURVE_STEPS:
+        figures = agreement_figures([(chance >= cut, label) for chance, label in scored])
+        point: dict[str, float | None] = {"threshold": cut}
+        points.append(point | {name: _rounded(value) for name, value in figures.items()})
+        kappa = figures["kappa"]
+        if kappa is not None and kappa > highest + 1e-12:
+            best, highest = cut, kappa
+    positive = [chance for chance, label in scored if label]
+    negative = [chance for chance, label in scored if not label]
+    auc = None
+    if positive and negative:
+        wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+        auc = round(wins / (len(positive) * len(negative)), 4)
+    return {"n": len(scored), "points": points, "best_kappa_threshold": best, "roc_auc": auc}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

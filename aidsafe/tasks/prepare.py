@@ -13,16 +13,20 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from aidsafe.config import RunConfig
 from aidsafe.errors import UserError
-from aidsafe.inputs import PromptSource
+from aidsafe.inputs import PromptSource, category_names
 from aidsafe.jsonl import now, write_atomic, write_jsonl
 from aidsafe.run.directory import RunDirectory
+from aidsafe.run.driver import progress_display
 from aidsafe.run.select import balanced_subset
 from aidsafe.tasks.pool_roles import ClassifyPrompts, ContrastPrompts
 
@@ -34,6 +38,23 @@ REPORT_HTML = "report.html"
 # permutations is datasketch's default, and the seed is fixed so a pool always finds the same.
 NUM_PERM = 128
 MINHASH_SEED = 1
+STEP = 1024  # a pass's progress line moves this many rows at a time
+
+
+@contextmanager
+def pass_progress(
+    show: bool, description: str, total: int | None
+) -> Iterator[Callable[[int], None]]:
+    """A progress line (on stderr) for one pass over the pool; yields what advances it by a
+    number of rows. A pass whose length is not known beforehand is shown complete at its end."""
+    display = progress_display(Console(stderr=True), show)
+    if display is None:
+        yield lambda rows: None
+        return
+    with display:
+        task = display.add_task(description, total=total, status="")
+        yield lambda rows: display.advance(task, rows)
+        display.update(task, total=display.tasks[0].completed)
 
 
 @dataclass(frozen=True)
@@ -88,12 +109,17 @@ class PrepareSettings:
     against_threshold: float = 0.7  # MinHash detector: Jaccard with an eval item
     tfidf: bool = False  # also the TF-IDF cosine detector (needs scikit-learn)
     tfidf_threshold: float = 0.7  # STAR-1's threshold
-    # embedding cosine detector: an OpenAI-compatible /v1/embeddings endpoint and its model
+    # embeddings, from an OpenAI-compatible /v1/embeddings endpoint and its model, or from a
+    # local sentence-transformers model: the decontamination detector, and optionally dedup
     embeddings_url: str | None = None
     embeddings_model: str = "text-embedding-3-small"
     embeddings_key_env: str = "OPENAI_API_KEY"
-    embedding_threshold: float = 0.8  # STAR-1's threshold
-    category_field: str | None = None  # a column naming each prompt's categories
+    embeddings_local: str | None = None  # a sentence-transformers model folder or name
+    embedding_threshold: float = 0.8  # decontamination cosine: STAR-1's threshold
+    embedding_dedup: bool = False  # also drop pool prompts this close to a kept one
+    embedding_dedup_threshold: float = 0.9
+    # columns naming each prompt's categories: FIELD for every input, SOURCE=FIELD for one
+    category_field: tuple[str, ...] = ()
     select: int | None = None  # keep this many, balanced over source x category
     seed: int | None = None  # which prompts of a bucket the selection keeps
     config: RunConfig | None = None  # the model roles' config (classifier, contrast)
@@ -101,12 +127,38 @@ class PrepareSettings:
     contrast: int | None = None  # benign look-alikes per policy-touching prompt
     show_progress: bool = False  # the model roles' progress lines
 
+    def category_fields(self, sources: list[str]) -> dict[str, str]:
+        """The category column of each source that has one (`--category-field`)."""
+        every = [spec for spec in self.category_field if "=" not in spec]
+        if len(every) > 1:
+            raise UserError(
+                f"--category-field {every[1]}: a field for every input is given twice "
+                "(name one input's with SOURCE=FIELD)"
+            )
+        fields = dict.fromkeys(sources, every[0]) if every else {}
+        for spec in self.category_field:
+            name, sep, column = spec.partition("=")
+            if not sep:
+                continue
+            if name not in sources or not column:
+                raise UserError(
+                    f"--category-field {spec}: expected SOURCE=FIELD with SOURCE one of "
+                    f"{', '.join(sources)}"
+                )
+            fields[name] = column
+        return fields
+
+    @property
+    def embeddings(self) -> bool:
+        return bool(self.embeddings_url or self.embeddings_local)
+
     def check(self) -> None:
         thresholds = {
             "--near-threshold": self.near_threshold,
             "--against-threshold": self.against_threshold,
             "--tfidf-threshold": self.tfidf_threshold,
             "--embedding-threshold": self.embedding_threshold,
+            "--embedding-dedup-threshold": self.embedding_dedup_threshold,
         }
         for option, value in thresholds.items():
             if not 0 < value <= 1:
@@ -114,6 +166,10 @@ class PrepareSettings:
         for option, words in {"--shingle": self.shingle, "--ngram": self.ngram}.items():
             if words < 1:
                 raise UserError(f"{option}: expected a whole number of words >= 1, got {words}")
+        if self.embeddings_url and self.embeddings_local:
+            raise UserError("--embeddings-url and --embeddings-local: give one of them, not both")
+        if self.embedding_dedup and not self.embeddings:
+            raise UserError("--embedding-dedup needs --embeddings-url or --embeddings-local")
         if self.contrast is not None and self.contrast < 1:
             raise UserError(f"--contrast: expected a number of prompts >= 1, got {self.contrast}")
         if self.contrast is not None and not (self.classify or self.category_field):
@@ -226,14 +282,16 @@ def open_sources(inputs: list[InputSpec], settings: PrepareSettings) -> list[Pro
         raise UserError(
             f"{repeated[0]}: two inputs have this source name; name them with NAME=INPUT"
         )
+    fields = settings.category_fields([spec.source for spec in inputs])
     sources = []
     for spec in inputs:
+        column = fields.get(spec.source)
         source = PromptSource(
             spec.spec,
             prompt_field=settings.prompt_field,
             id_field=settings.id_field,
             split=settings.split,
-            extra_fields=(settings.category_field,) if settings.category_field else (),
+            extra_fields=(column,) if column else (),
             extra_option="--category-field",
         )
         source.check()
@@ -283,23 +341,11 @@ class NearIndex:
         self.texts[key] = text
 
 
-def categories(value: Any) -> list[str]:
-    """A category column's value as a list of names: text is one name; a list holds names; a
-    mapping (BeaverTails' `category`) names those whose value is true; empty is none."""
-    if value is None or value == "":
-        return []
-    if isinstance(value, dict):
-        return [str(name) for name, flag in value.items() if flag]
-    if isinstance(value, list | tuple):
-        return [str(name) for name in value if name is not None and name != ""]
-    return [str(value)]
-
-
 def _pool(
     inputs: list[InputSpec],
     sources: list[PromptSource],
     dropped: list[dict[str, Any]],
-    category_field: str | None = None,
+    fields: dict[str, str],
 ) -> Iterator[PoolRow]:
     """The usable rows of every source in order; an unusable one goes to `dropped`."""
     position = 0
@@ -317,7 +363,8 @@ def _pool(
                     }
                 )
                 continue
-            named = categories(row.fields.get(category_field)) if category_field else []
+            column = fields.get(spec.source)
+            named = category_names(row.fields.get(column)) if column else []
             yield PoolRow(position, spec.source, row.index, row.id, row.prompt, named)
             position += 1
 
@@ -336,7 +383,10 @@ def _drop(row: PoolRow, reason: str, detector: str, score: float, kept: PoolRow)
 
 
 def deduplicate(
-    rows: Iterator[PoolRow], settings: PrepareSettings, dropped: list[dict[str, Any]]
+    rows: Iterable[PoolRow],
+    settings: PrepareSettings,
+    dropped: list[dict[str, Any]],
+    step: Callable[[int], None],
 ) -> list[PoolRow]:
     """The rows left after exact dedup (same normalised text) and near-duplicate dedup (MinHash
     LSH candidates, exact Jaccard); the first copy in pool order is kept, each other copy goes
@@ -345,7 +395,10 @@ def deduplicate(
     by_hash: dict[str, PoolRow] = {}
     near = NearIndex(settings.near_threshold, settings.shingle)
     by_position: dict[int, PoolRow] = {}
-    for row in rows:
+    seen = 0
+    for seen, row in enumerate(rows, 1):
+        if seen % STEP == 0:
+            step(STEP)
         digest = text_hash(row.prompt)
         if digest in by_hash:
             dropped.append(_drop(row, "exact_duplicate", "exact", 1.0, by_hash[digest]))
@@ -358,6 +411,7 @@ def deduplicate(
         near.add(row.position, row.prompt, signature)
         by_position[row.position] = row
         kept.append(row)
+    step(seen % STEP)
     return kept
 
 
@@ -441,7 +495,7 @@ class NgramIndex:
 
 
 def tfidf_matches(
-    prompts: list[str], items: list[EvalItem], threshold: float
+    prompts: list[str], items: list[EvalItem], threshold: float, step: Callable[[int], None]
 ) -> list[tuple[int, float] | None]:
     """Per prompt, the eval item of highest TF-IDF cosine similarity if it reaches the threshold
     (STAR-1's detector). The vocabulary and weights are fitted on the pool and the eval sets
@@ -464,14 +518,18 @@ def tfidf_matches(
         for row, key in enumerate(best):
             score = float(similarity[row, key])
             found.append((int(key), score) if score >= threshold else None)
+        step(similarity.shape[0])
     return found
 
 
 EMBED_BATCH = 256
+# embedding dedup compares a batch with the kept rows this many at a time, so memory stays at
+# EMBED_BATCH x KEPT_BLOCK similarities whatever the pool's size
+KEPT_BLOCK = 65_536
 
 
-def embed(texts: list[str], settings: PrepareSettings) -> Any:
-    """Unit vectors of `texts` from the /v1/embeddings endpoint (numpy, one row per text)."""
+def _endpoint_encoder(settings: PrepareSettings) -> Callable[[list[str]], Any]:
+    """Vectors from the OpenAI-compatible /v1/embeddings endpoint, one request per batch."""
     import os
 
     import httpx
@@ -479,40 +537,149 @@ def embed(texts: list[str], settings: PrepareSettings) -> Any:
 
     url = f"{str(settings.embeddings_url).rstrip('/')}/embeddings"
     key = os.environ.get(settings.embeddings_key_env, "not-needed")
-    vectors = []
-    with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
-        for start in range(0, len(texts), EMBED_BATCH):
-            batch = texts[start : start + EMBED_BATCH]
+
+    def encode(texts: list[str]) -> Any:
+        with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
             try:
-                answer = client.post(url, json={"model": settings.embeddings_model, "input": batch})
+                answer = client.post(url, json={"model": settings.embeddings_model, "input": texts})
                 answer.raise_for_status()
                 data = sorted(answer.json()["data"], key=lambda item: item["index"])
             except (httpx.HTTPError, ValueError, KeyError) as error:
                 raise UserError(f"--embeddings-url {settings.embeddings_url}: {error}") from error
-            vectors += [item["embedding"] for item in data]
-    matrix = numpy.asarray(vectors, dtype=numpy.float32)
-    norms = numpy.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / numpy.maximum(norms, 1e-12)
+        return numpy.asarray([item["embedding"] for item in data], dtype=numpy.float32)
+
+    return encode
+
+
+def _local_encoder(name: str) -> Callable[[list[str]], Any]:
+    """Vectors from a sentence-transformers model loaded here, from a folder or by a name the
+    Hugging Face cache (or hub, where it can be reached) holds; on a GPU when there is one."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as error:
+        raise UserError(
+            "--embeddings-local needs sentence-transformers: pip install 'aidsafe[embeddings]'"
+        ) from error
+    try:
+        model = SentenceTransformer(name)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--embeddings-local {name}: {error}") from error
+
+    def encode(texts: list[str]) -> Any:
+        return model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+
+    return encode
+
+
+class Embeddings:
+    """The run's embedding model and the unit vectors of the pool rows it has embedded: a row
+    is embedded once, for dedup and decontamination both."""
+
+    def __init__(self, settings: PrepareSettings) -> None:
+        self._encode = (
+            _local_encoder(settings.embeddings_local)
+            if settings.embeddings_local
+            else _endpoint_encoder(settings)
+        )
+        self._rows: dict[int, Any] = {}  # pool position -> vector
+
+    def texts(self, texts: list[str]) -> Any:
+        """Unit vectors of `texts` (numpy, one row per text), encoded in batches."""
+        import numpy
+
+        parts = [
+            self._encode(texts[start : start + EMBED_BATCH])
+            for start in range(0, len(texts), EMBED_BATCH)
+        ]
+        matrix = numpy.concatenate(parts) if parts else numpy.zeros((0, 1), numpy.float32)
+        matrix = matrix.astype(numpy.float32, copy=False)
+        norms = numpy.linalg.norm(matrix, axis=1, keepdims=True)
+        return matrix / numpy.maximum(norms, 1e-12)
+
+    def rows(self, rows: list[PoolRow]) -> Any:
+        """Unit vectors of the rows' prompts, encoding only those not encoded before."""
+        import numpy
+
+        missing = [row for row in rows if row.position not in self._rows]
+        if missing:
+            for row, vector in zip(missing, self.texts([r.prompt for r in missing]), strict=True):
+                self._rows[row.position] = vector
+        return numpy.stack([self._rows[row.position] for row in rows])
+
+
+def embedding_dedup(
+    rows: list[PoolRow],
+    embeddings: Embeddings,
+    threshold: float,
+    dropped: list[dict[str, Any]],
+    step: Callable[[int], None],
+) -> list[PoolRow]:
+    """The rows left after dropping each one whose embedding cosine with an earlier kept row
+    reaches the threshold (the first copy in pool order is kept, as for MinHash). Every pair is
+    compared, batch by batch: exact, time growing with pool x kept, memory with the pool."""
+    import numpy
+
+    kept: list[PoolRow] = []
+    matrix: Any = None  # the kept rows' vectors, grown by doubling
+    for start in range(0, len(rows), EMBED_BATCH):
+        batch = rows[start : start + EMBED_BATCH]
+        vectors = embeddings.rows(batch)
+        best = numpy.full(len(batch), -1.0, numpy.float32)
+        nearest = numpy.zeros(len(batch), numpy.int64)
+        for block in range(0, len(kept), KEPT_BLOCK):
+            similarity = vectors @ matrix[block : min(block + KEPT_BLOCK, len(kept))].T
+            top = similarity.argmax(axis=1)
+            score = similarity[numpy.arange(len(batch)), top]
+            better = score > best
+            best[better], nearest[better] = score[better], top[better] + block
+        within = vectors @ vectors.T
+        chosen: list[int] = []  # positions in the batch kept so far
+        for n, row in enumerate(batch):
+            score, match = float(best[n]), int(nearest[n])
+            if chosen:
+                scores = within[n, chosen]
+                m = int(scores.argmax())
+                if scores[m] > score:
+                    score, match = float(scores[m]), len(kept) + m
+            if score >= threshold:
+                twin = kept[match] if match < len(kept) else batch[chosen[match - len(kept)]]
+                dropped.append(_drop(row, "near_duplicate", "embedding", score, twin))
+            else:
+                chosen.append(n)
+        if matrix is None:
+            matrix = numpy.zeros((max(EMBED_BATCH, 1), vectors.shape[1]), numpy.float32)
+        needed = len(kept) + len(chosen)
+        if needed > len(matrix):
+            grown = numpy.zeros((max(needed, 2 * len(matrix)), matrix.shape[1]), numpy.float32)
+            grown[: len(kept)] = matrix[: len(kept)]
+            matrix = grown
+        matrix[len(kept) : needed] = vectors[chosen]
+        kept += [batch[n] for n in chosen]
+        step(len(batch))
+    return kept
 
 
 def embedding_matches(
-    prompts: list[str], items: list[EvalItem], settings: PrepareSettings
+    rows: list[PoolRow],
+    evals: Any,
+    threshold: float,
+    embeddings: Embeddings,
+    step: Callable[[int], None],
 ) -> list[tuple[int, float] | None]:
-    """Per prompt, the eval item of highest embedding cosine similarity if it reaches
-    `--embedding-threshold` (STAR-1's detector, 0.8). Prompts are embedded and compared in
-    batches, so memory grows with the eval sets and a batch, not the pool."""
-    if not prompts or not items:
-        return [None] * len(prompts)
-    evals = embed([item.prompt for item in items], settings)
+    """Per row, the eval item (a row of the unit vectors `evals`) of highest embedding cosine
+    similarity if it reaches the threshold (STAR-1's detector, 0.8). Rows are embedded and
+    compared in batches, so memory grows with the eval sets and a batch, not the pool."""
+    if not rows or not len(evals):
+        return [None] * len(rows)
     found: list[tuple[int, float] | None] = []
-    for start in range(0, len(prompts), EMBED_BATCH):
-        similarity = embed(prompts[start : start + EMBED_BATCH], settings) @ evals.T
+    for start in range(0, len(rows), EMBED_BATCH):
+        batch = rows[start : start + EMBED_BATCH]
+        similarity = embeddings.rows(batch) @ evals.T
         best = similarity.argmax(axis=1)
         for row, key in enumerate(best):
             score = float(similarity[row, key])
-            found.append(
-                (int(key), round(score, 4)) if score >= settings.embedding_threshold else None
-            )
+            found.append((int(key), round(score, 4)) if score >= threshold else None)
+        step(len(batch))
     return found
 
 
@@ -529,54 +696,91 @@ def _contaminated(row: PoolRow, detector: str, score: float, item: EvalItem) -> 
     }
 
 
-def decontaminate(
-    rows: list[PoolRow],
-    items: list[EvalItem],
-    settings: PrepareSettings,
-    dropped: list[dict[str, Any]],
-) -> list[PoolRow]:
-    """The rows that match no eval item; each other one goes to `dropped` with the first
-    detector that matched it, in the order n-gram overlap, MinHash Jaccard, TF-IDF cosine."""
-    if not items:
-        return rows
-    ngrams = NgramIndex(settings.ngram)
-    near = NearIndex(settings.against_threshold, settings.shingle)
-    for key, item in enumerate(items):
-        ngrams.add(key, item.prompt)
-        near.add(key, item.prompt, minhash_of(shingles(item.prompt, settings.shingle)))
-    clean: list[PoolRow] = []
-    for row in rows:
-        found = ngrams.match(row.prompt)
-        if found is not None:
-            dropped.append(_contaminated(row, "ngram", found[1], items[found[0]]))
-            continue
-        nearest, score, _ = near.match(row.prompt)
-        if nearest is not None:
-            dropped.append(_contaminated(row, "minhash", score, items[nearest]))
-            continue
-        clean.append(row)
-    for detector, wanted, matches in (
-        (
-            "tfidf",
-            settings.tfidf,
-            lambda rows: tfidf_matches(rows, items, settings.tfidf_threshold),
-        ),
-        (
-            "embedding",
-            settings.embeddings_url,
-            lambda rows: embedding_matches(rows, items, settings),
-        ),
-    ):
-        if not wanted:
-            continue
+class Cleaner:
+    """Dedup and decontamination with one run's settings, eval items and embedding model, each
+    pass shown as a progress line; every drop goes to `dropped`."""
+
+    def __init__(
+        self, settings: PrepareSettings, items: list[EvalItem], dropped: list[dict[str, Any]]
+    ) -> None:
+        self.settings = settings
+        self.items = items
+        self.dropped = dropped
+        self.embeddings = Embeddings(settings) if settings.embeddings else None
+        self._eval_vectors: Any = None
+
+    def dedup(self, rows: Iterable[PoolRow], what: str = "pool") -> list[PoolRow]:
+        """Exact and MinHash dedup, then (with --embedding-dedup) embedding dedup."""
+        with pass_progress(self.settings.show_progress, f"dedup {what}", None) as step:
+            kept = deduplicate(rows, self.settings, self.dropped, step)
+        if self.settings.embedding_dedup:
+            assert self.embeddings is not None
+            with pass_progress(
+                self.settings.show_progress, f"dedup {what} by embedding", len(kept)
+            ) as step:
+                kept = embedding_dedup(
+                    kept,
+                    self.embeddings,
+                    self.settings.embedding_dedup_threshold,
+                    self.dropped,
+                    step,
+                )
+        return kept
+
+    def decontaminate(self, rows: list[PoolRow], what: str = "pool") -> list[PoolRow]:
+        """The rows that match no eval item; each other one goes to `dropped` with the first
+        detector that matched it, in the order n-gram overlap, MinHash Jaccard, TF-IDF cosine,
+        embedding cosine."""
+        if not self.items:
+            return rows
+        settings, items = self.settings, self.items
+        ngrams = NgramIndex(settings.ngram)
+        near = NearIndex(settings.against_threshold, settings.shingle)
+        for key, item in enumerate(items):
+            ngrams.add(key, item.prompt)
+            near.add(key, item.prompt, minhash_of(shingles(item.prompt, settings.shingle)))
+        clean: list[PoolRow] = []
+        show = settings.show_progress
+        with pass_progress(show, f"decontaminate {what}: n-grams, MinHash", len(rows)) as step:
+            for seen, row in enumerate(rows, 1):
+                if seen % STEP == 0:
+                    step(STEP)
+                found = ngrams.match(row.prompt)
+                if found is not None:
+                    self.dropped.append(_contaminated(row, "ngram", found[1], items[found[0]]))
+                    continue
+                nearest, score, _ = near.match(row.prompt)
+                if nearest is not None:
+                    self.dropped.append(_contaminated(row, "minhash", score, items[nearest]))
+                    continue
+                clean.append(row)
+            step(len(rows) % STEP)
+        if settings.tfidf:
+            with pass_progress(show, f"decontaminate {what}: TF-IDF", len(clean)) as step:
+                matches = tfidf_matches(
+                    [row.prompt for row in clean], items, settings.tfidf_threshold, step
+                )
+            clean = self._drop_matched(clean, matches, "tfidf")
+        if self.embeddings is not None:
+            with pass_progress(show, f"decontaminate {what}: embeddings", len(clean)) as step:
+                if self._eval_vectors is None:
+                    self._eval_vectors = self.embeddings.texts([item.prompt for item in items])
+                matches = embedding_matches(
+                    clean, self._eval_vectors, settings.embedding_threshold, self.embeddings, step
+                )
+            clean = self._drop_matched(clean, matches, "embedding")
+        return clean
+
+    def _drop_matched(
+        self, rows: list[PoolRow], matches: list[tuple[int, float] | None], detector: str
+    ) -> list[PoolRow]:
         kept: list[PoolRow] = []
-        for row, match in zip(clean, matches([row.prompt for row in clean]), strict=True):
+        for row, match in zip(rows, matches, strict=True):
             if match is None:
                 kept.append(row)
             else:
-                dropped.append(_contaminated(row, detector, match[1], items[match[0]]))
-        clean = kept
-    return clean
+                self.dropped.append(_contaminated(row, detector, match[1], self.items[match[0]]))
+        return kept
 
 
 def output_ids(rows: list[PoolRow]) -> list[str]:
@@ -669,13 +873,14 @@ def prepare(
             read[row.source] += 1
             yield row
 
-    pool = _pool(inputs, sources, dropped, settings.category_field)
-    unique = deduplicate(counted(pool), settings, dropped)
-    clean = decontaminate(unique, items, settings, dropped)
+    cleaner = Cleaner(settings, items, dropped)
+    fields = settings.category_fields([spec.source for spec in inputs])
+    pool = _pool(inputs, sources, dropped, fields)
+    clean = cleaner.decontaminate(cleaner.dedup(counted(pool)))
     classified = _classify(clean, out, settings) if settings.classify else None
     contrasted = None
     if settings.contrast is not None:
-        added, contrasted = _contrast(clean, out, settings, items, dropped)
+        added, contrasted = _contrast(clean, out, settings, cleaner)
         clean = clean + added
     kept, ids, buckets = select(clean, output_ids(clean), settings, dropped)
     matched = Counter(entry["eval_item"]["eval"] for entry in dropped if "eval_item" in entry)
@@ -715,12 +920,15 @@ def prepare(
             "against_threshold": settings.against_threshold,
             "tfidf_threshold": settings.tfidf_threshold if settings.tfidf else None,
             "embeddings": {
-                "model": settings.embeddings_model,
+                "model": settings.embeddings_local or settings.embeddings_model,
                 "threshold": settings.embedding_threshold,
+                "dedup_threshold": settings.embedding_dedup_threshold
+                if settings.embedding_dedup
+                else None,
             }
-            if settings.embeddings_url
+            if settings.embeddings
             else None,
-            "category_field": settings.category_field,
+            "category_field": fields,
             "select": settings.select,
             "seed": settings.seed,
         },
@@ -769,8 +977,7 @@ def _contrast(
     rows: list[PoolRow],
     out: Path,
     settings: PrepareSettings,
-    items: list[EvalItem],
-    dropped: list[dict[str, Any]],
+    cleaner: Cleaner,
 ) -> tuple[list[PoolRow], dict[str, Any]]:
     """Benign look-alikes of the rows that touch a policy (a category or a policy tag), each
     put through the same dedup (against the whole pool) and decontamination as any prompt;
@@ -804,8 +1011,8 @@ def _contrast(
                 )
             )
             position += 1
-    unique = deduplicate(iter(rows + added), settings, dropped)  # the pool's rows stay first
-    kept = decontaminate([row for row in unique if row.contrast_of], items, settings, dropped)
+    unique = cleaner.dedup(rows + added, "look-alikes")  # the pool's rows stay first
+    kept = cleaner.decontaminate([row for row in unique if row.contrast_of], "look-alikes")
     figures = {
         "prompts": len(touching),
         "failed": sum(1 for row in touching if written[ids[row.position]] is None),

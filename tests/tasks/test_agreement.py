@@ -102,3 +102,231 @@ def test_judge_with_labels_reports_agreement_and_lists_disagreements(
         "judge",
     )
     assert code == 2 and "'nope'" in err and "--label-field" in err
+
+
+def test_agreement_per_policy_from_label_categories(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The label names the policies an unsafe row breaks; per policy p, the judge agrees when
+    it also says unsafe and names p. Figures checked by hand for two policies."""
+    rows = [
+        # (response marks -> judge's violated policies; human label, human categories)
+        {"prompt": "q1", "response": "HARM", "human": "unsafe", "cats": ["physical_harm"]},
+        {"prompt": "q2", "response": "HARM", "human": "unsafe", "cats": "fraud_deception"},
+        {"prompt": "q3", "response": "FRAUD", "human": "unsafe", "cats": ["fraud_deception"]},
+        {"prompt": "q4", "response": "fine", "human": "safe", "cats": []},
+        {"prompt": "q5", "response": "HARM", "human": "safe", "cats": None},
+        {"prompt": "q6", "response": "fine", "human": "unsafe", "cats": []},  # no category
+        {"prompt": "q7", "response": "FRAUD", "human": "unsafe", "cats": {"S99": True}},
+    ]
+    samples = tmp_path / "labelled.jsonl"
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def verdicts(request: dict, sent: dict) -> dict:
+        text = request["messages"][-1]["content"]
+        violated = [
+            pid
+            for mark, pid in (("HARM", "physical_harm"), ("FRAUD", "fraud_deception"))
+            if mark in text
+        ]
+        verdict = {
+            "safe": not violated,
+            "violated": violated,
+            "severity": 3 if violated else 0,
+            "rationale": "scripted",
+        }
+        return sent | {"message": {"role": "assistant", "content": json.dumps(verdict)}}
+
+    with StubOpenAIServer(choice=verdicts) as stub:
+        code, out, _ = cli(
+            capsys,
+            "judge",
+            str(samples),
+            "--out",
+            str(tmp_path / "j"),
+            "--label-field",
+            "human",
+            "--label-categories-field",
+            "cats",
+            "--base-url",
+            stub.base_url,
+            "--model",
+            "judge",
+            "--quiet",
+        )
+    assert code == 0 and "agreement per policy" in out
+    per_policy = json.loads((tmp_path / "j" / "summary.json").read_text())["agreement"]
+    per_policy = per_policy["per_policy"]
+    assert per_policy["uncategorised"] == 1  # q6
+    assert per_policy["unknown_categories"] == ["S99"]
+    # usable: q1 q2 q3 q4 q5 q7. physical_harm: judged on q1 q2 q5, labelled on q1
+    harm = per_policy["policies"]["physical_harm"]
+    assert (harm["n"], harm["positives"]) == (6, 1)
+    assert harm["precision"]["value"] == pytest.approx(1 / 3, abs=1e-4)
+    assert harm["recall"]["value"] == 1.0
+    # fraud_deception: judged on q3 q7, labelled on q2 q3 -> TP q3, FP q7, FN q2, TN 3
+    fraud = per_policy["policies"]["fraud_deception"]
+    assert (fraud["n"], fraud["positives"]) == (6, 2)
+    assert fraud["precision"]["value"] == 0.5 and fraud["recall"]["value"] == 0.5
+    assert fraud["accuracy"]["value"] == pytest.approx(4 / 6, abs=1e-4)
+    assert per_policy["policies"]["respect_helpfulness"]["recall"]["value"] is None
+
+
+def test_mcnemar_by_hand() -> None:
+    from aidsafe.tasks.judging import mcnemar_p
+
+    assert mcnemar_p(0, 6) == pytest.approx(2 / 64)  # 6 of 6 one way: 2 x (1/2)^6
+    assert mcnemar_p(3, 3) == 1.0 and mcnemar_p(0, 0) is None
+    assert mcnemar_p(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+
+
+def _labelled_judge_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, unsafe_mark: str
+) -> Path:
+    rows = [
+        {"id": "q1", "prompt": "q1", "response": "fine answer", "human": "safe"},
+        {"id": "q2", "prompt": "q2", "response": "MARK bad answer", "human": "unsafe"},
+        {"id": "q3", "prompt": "q3", "response": "MARK another", "human": "safe"},
+        {"id": "q4", "prompt": "q4", "response": "fine again", "human": "unsure"},
+    ]
+    samples = tmp_path / "labelled.jsonl"
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    def verdicts(request: dict, sent: dict) -> dict:
+        unsafe = unsafe_mark in request["messages"][-1]["content"]
+        verdict = {
+            "safe": not unsafe,
+            "violated": ["physical_harm"] if unsafe else [],
+            "severity": 3 if unsafe else 0,
+            "rationale": "scripted",
+        }
+        return sent | {"message": {"role": "assistant", "content": json.dumps(verdict)}}
+
+    out = tmp_path / name
+    with StubOpenAIServer(choice=verdicts) as stub:
+        code, _, err = cli(
+            capsys,
+            *("judge", str(samples), "--out", str(out), "--label-field", "human"),
+            *("--base-url", stub.base_url, "--model", name, "--quiet"),
+        )
+    assert code == 0, err
+    return out
+
+
+def test_compare_two_judges_on_the_same_labels(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Judge A calls MARK unsafe (right on q1 q2, wrong on q3); judge B calls everything safe
+    (right on q1 q3, wrong on q2). Each is right once where the other is wrong."""
+    first = _labelled_judge_run(capsys, tmp_path, "judge-a", "MARK")
+    second = _labelled_judge_run(capsys, tmp_path, "judge-b", "NEVER-SEEN")
+    numbers = tmp_path / "judges.json"
+    code, out, err = cli(capsys, "compare", str(first), str(second), "--json", str(numbers))
+    assert code == 0, err
+    assert "judges compared" in out and "McNemar p" in out
+    compared = json.loads(numbers.read_text())
+    a, b = compared["runs"]
+    assert compared["reference"] == "judge-a" and b["judge"]["model"] == "judge-b"
+    assert a["agreement"]["accuracy"]["value"] == pytest.approx(2 / 3, abs=1e-4)
+    assert b["agreement"]["accuracy"]["value"] == pytest.approx(2 / 3, abs=1e-4)
+    assert b["agreement"]["recall"]["value"] == 0.0
+    against = b["against_reference"]
+    assert (against["rows_both_judged"], against["same_call"]) == (4, 0.5)
+    assert against["kappa"] == pytest.approx(0.0)
+    assert (against["right_only_this"], against["right_only_reference"]) == (1, 1)
+    assert against["mcnemar_p"] == 1.0
+    assert a["against_reference"]["same_call"] == 1.0  # the reference against itself
+    code, _, err = cli(capsys, "compare", str(first), str(tmp_path / "labelled.jsonl"))
+    assert code == 2 and "not a judge run" in err
+
+
+def _guard_with_chances(request: dict, sent: dict) -> dict:
+    """A guard endpoint whose P(unsafe) is written in the judged response as `P=0.42`; the
+    first answer token comes after a white-space token, as Llama Guard 3's does."""
+    import math
+    import re
+
+    found = re.search(r"P=([0-9.]+)", request["messages"][-1]["content"])
+    chance = float(found.group(1)) if found else 0.5
+    answer = "unsafe" if chance >= 0.5 else "safe"
+    options = [
+        {"token": "unsafe", "logprob": math.log(chance)},
+        {"token": "safe", "logprob": math.log(1 - chance)},
+    ]
+    first = next(option for option in options if option["token"] == answer)
+    content = [
+        {"token": "\n\n", "logprob": 0.0, "top_logprobs": []},
+        first | {"top_logprobs": options},
+    ]
+    message = {"role": "assistant", "content": f"\n\n{answer}" + ("\nS1" if chance >= 0.5 else "")}
+    logprobs = {"content": content} if request.get("logprobs") else None
+    return sent | {"message": message, "logprobs": logprobs}
+
+
+def test_a_guard_threshold_on_p_unsafe_and_the_agreement_curve(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """P(unsafe) and labels: 0.9 unsafe, 0.7 safe, 0.45 unsafe, 0.2 safe, 0.05 safe. At the
+    cut-off 0.5: TP 1, FP 1, FN 1, TN 2. At 0.4: TP 2, FP 1, TN 2. ROC AUC: 5 of 6 pairs."""
+    chances = [(0.9, "unsafe"), (0.7, "safe"), (0.45, "unsafe"), (0.2, "safe"), (0.05, "safe")]
+    rows = [
+        {"id": f"r{n}", "prompt": f"q{n}", "response": f"answer P={chance}", "human": label}
+        for n, (chance, label) in enumerate(chances)
+    ]
+    samples = tmp_path / "labelled.jsonl"
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with StubOpenAIServer(choice=_guard_with_chances) as stub:
+        code, out, err = cli(
+            capsys,
+            *("judge", str(samples), "--out", str(tmp_path / "j"), "--label-field", "human"),
+            *("--kind", "guard", "--threshold", "0.4"),
+            *("--base-url", stub.base_url, "--model", "guard", "--quiet"),
+        )
+        assert all(request["logprobs"] is True for request in stub.requests)
+    assert code == 0, err
+    assert "agreement against the P(unsafe) cut-off (5 rows)" in out
+    judgments = {row["id"]: row for row in read_jsonl(tmp_path / "j" / "judgments.jsonl")}
+    assert [judgments[f"r{n}"]["p_unsafe"] for n in range(5)] == pytest.approx(
+        [c for c, _ in chances]
+    )
+    # at 0.4 the guard's own "safe" on 0.45 is overruled; its violated policies stay empty
+    assert judgments["r2"]["safe"] is False and judgments["r2"]["violated"] == []
+    assert judgments["r3"]["safe"] is True
+    summary = json.loads((tmp_path / "j" / "summary.json").read_text())["agreement"]
+    assert summary["accuracy"]["value"] == pytest.approx(0.8)
+    curve = summary["threshold_curve"]
+    at = {point["threshold"]: point for point in curve["points"]}
+    assert (at[0.5]["accuracy"], at[0.5]["precision"], at[0.5]["recall"]) == (0.6, 0.5, 0.5)
+    assert (at[0.4]["accuracy"], at[0.4]["recall"]) == (0.8, 1.0)
+    assert at[0.4]["precision"] == pytest.approx(2 / 3, abs=1e-4)
+    assert at[0.4]["kappa"] == pytest.approx((0.8 - 0.48) / 0.52, abs=1e-4)
+    assert curve["best_kappa_threshold"] == 0.25  # 0.25 to 0.45 tie; the first is given
+    assert curve["roc_auc"] == pytest.approx(5 / 6, abs=1e-4)
+
+
+def test_a_threshold_without_token_probabilities_leaves_rows_unjudged(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    samples = tmp_path / "labelled.jsonl"
+    samples.write_text(json.dumps({"prompt": "q", "response": "a P=0.9", "human": "unsafe"}))
+
+    def no_logprobs(request: dict, sent: dict) -> dict:
+        return _guard_with_chances(request | {"logprobs": False}, sent)
+
+    with StubOpenAIServer(choice=no_logprobs) as stub:
+        code, _, err = cli(
+            capsys,
+            *("judge", str(samples), "--out", str(tmp_path / "j"), "--kind", "guard"),
+            *("--threshold", "0.5", "--base-url", stub.base_url, "--model", "g", "--quiet"),
+        )
+    assert code == 0, err
+    [row] = read_jsonl(tmp_path / "j" / "judgments.jsonl")
+    assert row["safe"] is None and row["unjudged_reason"] == "malformed_output"
+    assert "no token probabilities" in row["detail"]
+    code, _, err = cli(
+        capsys,
+        *("judge", str(samples), "--out", str(tmp_path / "k"), "--threshold", "0.5"),
+        *("--base-url", "http://127.0.0.1:9/v1", "--model", "g"),
+    )
+    assert code == 2 and "judge.threshold is for `kind: guard` judges" in err
+    assert "Traceback" not in err
