@@ -9,6 +9,13 @@ a false positive. Prints, measured in this one run: prompts/s, peak RSS, and per
 the recall (planted copies dropped) and per detector the precision (drops that were planted).
 
     python -m benchmarks.prepare [--rows 100000] [--evals 10] [--eval-items 500] [--seed 0]
+        [--embeddings-local MODEL [--embedding-dedup]]
+
+With `--embeddings-local` (a sentence-transformers model folder), the embedding detector runs
+too and, with `--embedding-dedup`, dedup by embedding; the prompts are then drawn from the
+English words of the model's vocabulary (to an embedding model, made-up tokens all look alike),
+and the pool also holds `shuffled` copies (an earlier prompt's words in another order), which
+share few word pairs with it.
 """
 
 from __future__ import annotations
@@ -39,10 +46,20 @@ def changed(rng: random.Random, text: list[str], words: list[str], count: int) -
     return out
 
 
-def build(workdir: Path, rows: int, evals: int, items: int, seed: int) -> dict[str, str]:
+def build(
+    workdir: Path,
+    rows: int,
+    evals: int,
+    items: int,
+    seed: int,
+    shuffled: bool = False,
+    vocabulary: list[str] | None = None,
+) -> dict[str, str]:
     """Write the pool and the eval sets; the planted kind of each pool id."""
     rng = random.Random(seed)
     words = [f"w{rng.getrandbits(32):08x}"[: rng.randint(4, 9)] for _ in range(5000)]
+    if vocabulary:  # English words: an embedding model sees made-up tokens as all alike
+        words = rng.sample(vocabulary, min(5000, len(vocabulary)))
     eval_items: list[list[str]] = []
     for n in range(evals):
         with (workdir / f"eval{n}.jsonl").open("w") as handle:
@@ -69,6 +86,8 @@ def build(workdir: Path, rows: int, evals: int, items: int, seed: int) -> dict[s
                 kind, text = "eval_changed", changed(rng, rng.choice(eval_items), words, 1)
             elif roll < 0.16:
                 kind, text = "eval_wrapped", [*JAILBREAK.split(), *rng.choice(eval_items)]
+            elif shuffled and originals and roll < 0.18:
+                kind, text = "shuffled", rng.sample(source := rng.choice(originals), len(source))
             else:
                 originals.append(text)
             planted[f"p{n}"] = kind
@@ -82,14 +101,31 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=10)
     parser.add_argument("--eval-items", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embeddings-local", default=None)
+    parser.add_argument("--embedding-dedup", action="store_true")
     options = parser.parse_args()
+    embeddings = options.embeddings_local is not None
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        planted = build(workdir, options.rows, options.evals, options.eval_items, options.seed)
+        vocabulary = None
+        if embeddings:  # the whole words of the model's own WordPiece vocabulary
+            text = (Path(options.embeddings_local) / "vocab.txt").read_text(encoding="utf-8")
+            vocabulary = [w for w in text.split() if w.isalpha() and w.islower() and len(w) > 3]
+        planted = build(
+            workdir,
+            options.rows,
+            options.evals,
+            options.eval_items,
+            options.seed,
+            embeddings,
+            vocabulary,
+        )
         settings = PrepareSettings(
             against=tuple(
                 EvalSpec.parse(str(workdir / f"eval{n}.jsonl")) for n in range(options.evals)
-            )
+            ),
+            embeddings_local=options.embeddings_local,
+            embedding_dedup=options.embedding_dedup,
         )
         started = time.perf_counter()
         summary = prepare([InputSpec.parse(str(workdir / "pool.jsonl"))], workdir / "out", settings)
@@ -104,7 +140,9 @@ def main() -> None:
     dropped = {entry["id"]: entry.get("detector") for entry in report["dropped"]}
     kinds = Counter(planted.values())
     print("recall per planted kind (dropped / planted):")
-    for kind in ("exact", "near", "eval_exact", "eval_changed", "eval_wrapped"):
+    for kind in ("exact", "near", "shuffled", "eval_exact", "eval_changed", "eval_wrapped"):
+        if not kinds[kind]:
+            continue
         caught = sum(1 for i, k in planted.items() if k == kind and i in dropped)
         print(f"  {kind:13} {caught:>7,} / {kinds[kind]:>7,} = {caught / max(kinds[kind], 1):.3f}")
     print("precision per detector (planted drops / drops):")

@@ -185,3 +185,34 @@ def box_chart(title: str, groups: Mapping[str, Sequence[float]], *, xlabel: str 
     axes.spines[["top", "right"]].set_visible(False)
     axes.grid(axis="x", alpha=0.3)
     return to_svg(figure, title)
+
+
+def line_chart(
+    title: str,
+    x: Sequence[float],
+    series: Series,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    marker: float | None = None,
+) -> str:
+    """Lines over a shared x axis, one per series (a gap where a value is None), with an
+    optional dashed vertical line at `marker` (a chosen cut-off). Values are shares, 0 to 1 on
+    the y axis (kappa can dip below 0: the axis then shows it)."""
+    figure, [axes] = _figure(3.2)
+    lowest = 0.0
+    for n, (name, values) in enumerate(series):
+        drawn = [float("nan") if v is None else v for v in values]
+        lowest = min([lowest, *(v for v in values if v is not None)])
+        axes.plot(x, drawn, label=name, color=COLOURS[n % len(COLOURS)], marker=".", lw=1.5)
+    if marker is not None:
+        axes.axvline(marker, color="#222", lw=1, ls="--")
+    axes.set_ylim(min(0.0, lowest - 0.05), 1.02)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.spines[["top", "right"]].set_visible(False)
+    axes.grid(alpha=0.3)
+    axes.set_axisbelow(True)
+    if len(series) > 1:
+        figure.legend(loc="outside right upper", fontsize=8, frameon=False)
+    return to_svg(figure, title)

@@ -15,7 +15,7 @@ from langgraph.runtime import Runtime
 from rich.console import Console
 
 from aidsafe.agents.context import RunContext
-from aidsafe.agents.judge import JUDGE, apply_view, judge_completion, split_think
+from aidsafe.agents.judge import JUDGE, apply_view, guard_verdict, judge_completion, split_think
 from aidsafe.config import RunConfig
 from aidsafe.errors import StageFailed, UserError
 from aidsafe.inputs import PromptRow, PromptSource, category_names, content_id
@@ -126,6 +126,7 @@ class JudgeResponses(Recipe):
             "categories": [],
             "severity": None,
             "p_unsafe": None,
+            "text_safe": None,
             "rationale": None,
             "unjudged_reason": None,
             "detail": None,
@@ -150,6 +151,14 @@ class JudgeResponses(Recipe):
             calls=state.get("calls", []),
         )
         return Done(record) if state["verdict"] is not None else Rejected(record)
+
+    def fingerprint_data(self, ctx: RunContext) -> dict[str, Any]:
+        """A guard's cut-off is applied again to the recorded P(unsafe) on every run, with no
+        calls (`redecide`): only whether probabilities are asked for decides the calls."""
+        data = super().fingerprint_data(ctx)
+        judge = data["settings"]["judge"]
+        judge["threshold"] = "logprobs" if judge["threshold"] is not None else None
+        return data
 
     def failed(self, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
         """Unjudged: an unusable input row (`invalid_input`), or a row whose judging broke
@@ -237,7 +246,7 @@ async def judge_responses(
     )
     summary = JudgeSummary(await run_stage(stage))
     policies = load_policies(config.policies)
-    judgments = list(read_jsonl(run.path(JUDGMENTS)))
+    judgments = redecide(run, config)
     groups: dict[str, list[bool | None]] = {}
     reasons: dict[str, int] = {}
     for judgment in judgments:
@@ -264,6 +273,35 @@ async def judge_responses(
         run.path(JUDGE_SUMMARY), json.dumps(summary.metrics, indent=2, ensure_ascii=False) + "\n"
     )
     return summary
+
+
+def redecide(run: RunDirectory, config: RunConfig) -> list[dict[str, Any]]:
+    """The judgments, each guard verdict with a recorded P(unsafe) decided again at the
+    configured threshold (judge once, then try cut-offs with no calls); judgments.jsonl is
+    rewritten (atomically, under the directory's lock) when a verdict changed."""
+    judgments = list(read_jsonl(run.path(JUDGMENTS)))
+    threshold = config.judge.threshold
+    changed = False
+    for judgment in judgments:
+        if threshold is None or judgment.get("p_unsafe") is None or judgment["safe"] is None:
+            continue
+        verdict = guard_verdict(
+            bool(judgment.get("text_safe", judgment["safe"])),
+            judgment.get("categories") or [],
+            config.judge.categories,
+            judgment["p_unsafe"],
+            threshold,
+        )
+        if any(judgment.get(key) != value for key, value in verdict.items()):
+            judgment.update(verdict)
+            changed = True
+    if changed:
+        run.lock()
+        try:
+            write_jsonl(run.path(JUDGMENTS), judgments)
+        finally:
+            run.unlock()
+    return judgments
 
 
 DISAGREEMENTS = "disagreements.jsonl"

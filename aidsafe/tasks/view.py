@@ -28,7 +28,7 @@ from aidsafe.errors import UserError
 from aidsafe.jsonl import read_jsonl
 from aidsafe.recipes import registry
 from aidsafe.recipes.base import Recipe
-from aidsafe.run.directory import GRADES, VIEW, RunDirectory
+from aidsafe.run.directory import GRADES, JUDGE_SUMMARY, VIEW, RunDirectory
 from aidsafe.schemas import REMOVAL_REASONS
 from aidsafe.tasks import charts
 from aidsafe.tasks.grading import GradeRows
@@ -470,6 +470,29 @@ def _asset(name: str) -> str:
     return (files("aidsafe") / "data" / name).read_text(encoding="utf-8")
 
 
+def _agreement_charts(root: Path) -> list[str]:
+    """A judge run with labels and a guard's P(unsafe) (`judge --threshold`): its agreement with
+    the labels against the cut-off, the cut-off of highest kappa dashed."""
+    path = RunDirectory(root).path(JUDGE_SUMMARY)
+    try:
+        curve = json.loads(path.read_text(encoding="utf-8"))["agreement"]["threshold_curve"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    names = ("accuracy", "kappa", "precision", "recall", "false_positive_rate")
+    points = curve["points"]
+    return [
+        charts.line_chart(
+            f"Agreement with the labels against the P(unsafe) cut-off ({curve['n']} rows, "
+            f"ROC AUC {curve['roc_auc']})",
+            [point["threshold"] for point in points],
+            [(name.replace("_", " "), [point[name] for point in points]) for name in names],
+            xlabel="cut-off: unsafe when P(unsafe) >= it",
+            ylabel="share (kappa: agreement beyond chance)",
+            marker=curve["best_kappa_threshold"],
+        )
+    ]
+
+
 def build_view(root: Path, out: Path | None = None) -> ViewResult:
     """Write the page for the run directory `root` (default: ROOT/view.html)."""
     manifest, rows = run_rows(root)
@@ -517,7 +540,8 @@ def build_view(root: Path, out: Path | None = None) -> ViewResult:
         "labels": FACETS,
         "size": 0,
     }
-    charts_html = "".join(f"<figure>{svg}</figure>" for svg in tally.charts())
+    drawn = tally.charts() + _agreement_charts(root)
+    charts_html = "".join(f"<figure>{svg}</figure>" for svg in drawn)
     head = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"

@@ -276,13 +276,23 @@ def test_a_guard_threshold_on_p_unsafe_and_the_agreement_curve(
     samples = tmp_path / "labelled.jsonl"
     samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with StubOpenAIServer(choice=_guard_with_chances) as stub:
-        code, out, err = cli(
-            capsys,
-            *("judge", str(samples), "--out", str(tmp_path / "j"), "--label-field", "human"),
-            *("--kind", "guard", "--threshold", "0.4"),
-            *("--base-url", stub.base_url, "--model", "guard", "--quiet"),
-        )
+
+        def judge(threshold: str) -> tuple[int, str, str]:
+            return cli(
+                capsys,
+                *("judge", str(samples), "--out", str(tmp_path / "j"), "--label-field", "human"),
+                *("--kind", "guard", "--threshold", threshold),
+                *("--base-url", stub.base_url, "--model", "guard", "--quiet"),
+            )
+
+        code, out, err = judge("0.8")
+        assert code == 0, err
         assert all(request["logprobs"] is True for request in stub.requests)
+        first = {row["id"]: row for row in read_jsonl(tmp_path / "j" / "judgments.jsonl")}
+        assert first["r1"]["safe"] is True and "threshold 0.8" in first["r1"]["rationale"]
+        # another cut-off: the recorded P(unsafe) is decided again, with no new call
+        code, out, err = judge("0.4")
+        assert len(stub.requests) == 5
     assert code == 0, err
     assert "agreement against the P(unsafe) cut-off (5 rows)" in out
     judgments = {row["id"]: row for row in read_jsonl(tmp_path / "j" / "judgments.jsonl")}
@@ -291,6 +301,10 @@ def test_a_guard_threshold_on_p_unsafe_and_the_agreement_curve(
     )
     # at 0.4 the guard's own "safe" on 0.45 is overruled; its violated policies stay empty
     assert judgments["r2"]["safe"] is False and judgments["r2"]["violated"] == []
+    assert judgments["r1"]["safe"] is False and judgments["r1"]["violated"] == [
+        "hate_harassment_violence"
+    ]
+    assert judgments["r2"]["text_safe"] is True and "threshold 0.4" in judgments["r2"]["rationale"]
     assert judgments["r3"]["safe"] is True
     summary = json.loads((tmp_path / "j" / "summary.json").read_text())["agreement"]
     assert summary["accuracy"]["value"] == pytest.approx(0.8)
@@ -302,6 +316,15 @@ def test_a_guard_threshold_on_p_unsafe_and_the_agreement_curve(
     assert at[0.4]["kappa"] == pytest.approx((0.8 - 0.48) / 0.52, abs=1e-4)
     assert curve["best_kappa_threshold"] == 0.25  # 0.25 to 0.45 tie; the first is given
     assert curve["roc_auc"] == pytest.approx(5 / 6, abs=1e-4)
+    # the view page draws the curve, the best-kappa cut-off dashed
+    code, _, err = cli(capsys, "view", str(tmp_path / "j"))
+    assert code == 0, err
+    page = (tmp_path / "j" / "view.html").read_text()
+    label = 'aria-label="Agreement with the labels against the P(unsafe) cut-off (5 rows'
+    assert label in page
+    chart = page[page.index(label) :]
+    chart = chart[: chart.index("</svg>")]
+    assert all(name in chart for name in ("accuracy", "kappa", "precision", "recall"))
 
 
 def test_a_threshold_without_token_probabilities_leaves_rows_unjudged(
