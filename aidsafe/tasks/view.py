@@ -482,12 +482,12 @@ def _agreement_charts(root: Path) -> list[str]:
     points = curve["points"]
     return [
         charts.line_chart(
-            f"Agreement with the labels against the P(unsafe) cut-off ({curve['n']} rows, "
-            f"ROC AUC {curve['roc_auc']})",
+            "Agreement with the labels, by P(unsafe) cut-off",
             [point["threshold"] for point in points],
             [(name.replace("_", " "), [point[name] for point in points]) for name in names],
-            xlabel="cut-off: unsafe when P(unsafe) >= it",
-            ylabel="share (kappa: agreement beyond chance)",
+            xlabel=f"cut-off: unsafe when P(unsafe) >= it ({curve['n']} rows, ROC AUC "
+            f"{curve['roc_auc']}; dashed: highest kappa)",
+            ylabel="share, kappa",
             marker=curve["best_kappa_threshold"],
         )
     ]

@@ -320,11 +320,12 @@ def test_a_guard_threshold_on_p_unsafe_and_the_agreement_curve(
     code, _, err = cli(capsys, "view", str(tmp_path / "j"))
     assert code == 0, err
     page = (tmp_path / "j" / "view.html").read_text()
-    label = 'aria-label="Agreement with the labels against the P(unsafe) cut-off (5 rows'
+    label = 'aria-label="Agreement with the labels, by P(unsafe) cut-off"'
     assert label in page
     chart = page[page.index(label) :]
     chart = chart[: chart.index("</svg>")]
     assert all(name in chart for name in ("accuracy", "kappa", "precision", "recall"))
+    assert "5 rows, ROC AUC 0.8333" in chart
 
 
 def test_a_threshold_without_token_probabilities_leaves_rows_unjudged(
