@@ -4,6 +4,7 @@ hand on a small labelled set; disagreements listed; unusable labels counted, not
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,23 @@ from aidsafe.metrics import agreement, agreement_figures, unsafe_label
 from aidsafe.testing import StubOpenAIServer
 from tests.cli.test_app import cli
 from tests.conftest import read_jsonl
+
+
+def policy_judge(marks: dict[str, str]) -> Callable[[dict, dict], dict]:
+    """A scripted policy judge at the stub: a judged text holding a mark breaks its policy."""
+
+    def verdicts(request: dict, sent: dict) -> dict:
+        text = request["messages"][-1]["content"]
+        violated = [pid for mark, pid in marks.items() if mark in text]
+        verdict = {
+            "safe": not violated,
+            "violated": violated,
+            "severity": 3 if violated else 0,
+            "rationale": "scripted",
+        }
+        return sent | {"message": {"role": "assistant", "content": json.dumps(verdict)}}
+
+    return verdicts
 
 
 def test_the_figures_by_hand() -> None:
@@ -56,17 +74,7 @@ def test_judge_with_labels_reports_agreement_and_lists_disagreements(
     samples = tmp_path / "labelled.jsonl"
     samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    def verdicts(request: dict, sent: dict) -> dict:
-        unsafe = "UNSAFE-MARK" in json.dumps(request["messages"])
-        verdict = {
-            "safe": not unsafe,
-            "violated": ["physical_harm"] if unsafe else [],
-            "severity": 3 if unsafe else 0,
-            "rationale": "scripted",
-        }
-        return sent | {"message": {"role": "assistant", "content": json.dumps(verdict)}}
-
-    with StubOpenAIServer(choice=verdicts) as stub:
+    with StubOpenAIServer(choice=policy_judge({"UNSAFE-MARK": "physical_harm"})) as stub:
         code, out, _ = cli(
             capsys,
             "judge",
@@ -122,22 +130,8 @@ def test_agreement_per_policy_from_label_categories(
     samples = tmp_path / "labelled.jsonl"
     samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    def verdicts(request: dict, sent: dict) -> dict:
-        text = request["messages"][-1]["content"]
-        violated = [
-            pid
-            for mark, pid in (("HARM", "physical_harm"), ("FRAUD", "fraud_deception"))
-            if mark in text
-        ]
-        verdict = {
-            "safe": not violated,
-            "violated": violated,
-            "severity": 3 if violated else 0,
-            "rationale": "scripted",
-        }
-        return sent | {"message": {"role": "assistant", "content": json.dumps(verdict)}}
-
-    with StubOpenAIServer(choice=verdicts) as stub:
+    marks = {"HARM": "physical_harm", "FRAUD": "fraud_deception"}
+    with StubOpenAIServer(choice=policy_judge(marks)) as stub:
         code, out, _ = cli(
             capsys,
             "judge",
@@ -192,18 +186,8 @@ def _labelled_judge_run(
     samples = tmp_path / "labelled.jsonl"
     samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-    def verdicts(request: dict, sent: dict) -> dict:
-        unsafe = unsafe_mark in request["messages"][-1]["content"]
-        verdict = {
-            "safe": not unsafe,
-            "violated": ["physical_harm"] if unsafe else [],
-            "severity": 3 if unsafe else 0,
-            "rationale": "scripted",
-        }
-        return sent | {"message": {"role": "assistant", "content": json.dumps(verdict)}}
-
     out = tmp_path / name
-    with StubOpenAIServer(choice=verdicts) as stub:
+    with StubOpenAIServer(choice=policy_judge({unsafe_mark: "physical_harm"})) as stub:
         code, _, err = cli(
             capsys,
             *("judge", str(samples), "--out", str(out), "--label-field", "human"),
