@@ -298,6 +298,14 @@ class JudgeConfig(BaseModel):
         "the guard's own answer decides.",
     )
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What of this section decides a run's output; `threshold` only when set, so runs made
+        before it existed keep their fingerprint."""
+        data = self.model_dump()
+        if data["threshold"] is None:
+            del data["threshold"]
+        return data
+
 
 class UnsafeChainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")

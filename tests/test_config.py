@@ -389,3 +389,17 @@ def test_the_fingerprint_follows_an_endpoints_host_not_its_credentials() -> None
     assert of("http://localhost:8000/v1") == of("http://user:secret@localhost:8000/v1")
     assert of("http://localhost:8000/v1") != of("http://localhost:8001/v1")
     assert of("http://localhost:8000/v1") != of("http://gpu-box:8000/v1")
+
+
+def test_a_judge_threshold_enters_the_fingerprint_only_when_set() -> None:
+    """Runs made before judge.threshold existed keep their fingerprint (no `--force`)."""
+    from aidsafe.recipes.base import _section_fingerprint
+
+    unset = RunConfig().judge
+    assert "threshold" not in _section_fingerprint(unset)
+    assert set(_section_fingerprint(unset)) == {"kind", "view", "categories"}
+    guard = RunConfig.model_validate(
+        {"judge": {"kind": "guard", "threshold": 0.3}, "models": {"judge": {"backend": "openai"}}}
+    )
+    assert _section_fingerprint(guard.judge)["threshold"] == 0.3
+    assert "threshold" in _section_fingerprint(guard.judge)

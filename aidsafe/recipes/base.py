@@ -159,8 +159,16 @@ class Recipe(ABC):
                 if role in families
             },
             "settings": {
-                section: getattr(config, section).model_dump() for section in self.settings_sections
+                section: _section_fingerprint(getattr(config, section))
+                for section in self.settings_sections
             },
             "repair_attempts": config.repair_attempts,
             "policy_set": {"name": ctx.policies.name, "sha256": ctx.policies.sha256},
         }
+
+
+def _section_fingerprint(section: Any) -> dict[str, Any]:
+    """A config section as it enters the fingerprint: its own `fingerprint()` where it has one
+    (to leave out an option at its default that older runs did not have), else all of it."""
+    fingerprint = getattr(section, "fingerprint", None)
+    return fingerprint() if callable(fingerprint) else section.model_dump()

@@ -157,7 +157,8 @@ class JudgeResponses(Recipe):
         calls (`redecide`): only whether probabilities are asked for decides the calls."""
         data = super().fingerprint_data(ctx)
         judge = data["settings"]["judge"]
-        judge["threshold"] = "logprobs" if judge["threshold"] is not None else None
+        if "threshold" in judge:
+            judge["threshold"] = "logprobs"
         return data
 
     def failed(self, item: PromptRow, failure: dict[str, Any]) -> dict[str, Any]:
@@ -279,11 +280,21 @@ def redecide(run: RunDirectory, config: RunConfig) -> list[dict[str, Any]]:
     """The judgments, each guard verdict with a recorded P(unsafe) decided again at the
     configured threshold (judge once, then try cut-offs with no calls); judgments.jsonl is
     rewritten (atomically, under the directory's lock) when a verdict changed."""
-    judgments = list(read_jsonl(run.path(JUDGMENTS)))
     threshold = config.judge.threshold
+    if threshold is None:
+        return list(read_jsonl(run.path(JUDGMENTS)))
+    run.lock()
+    try:
+        return _redecided(run, config, threshold)
+    finally:
+        run.unlock()
+
+
+def _redecided(run: RunDirectory, config: RunConfig, threshold: float) -> list[dict[str, Any]]:
+    judgments = list(read_jsonl(run.path(JUDGMENTS)))
     changed = False
     for judgment in judgments:
-        if threshold is None or judgment.get("p_unsafe") is None or judgment["safe"] is None:
+        if judgment.get("p_unsafe") is None or judgment["safe"] is None:
             continue
         verdict = guard_verdict(
             bool(judgment.get("text_safe", judgment["safe"])),
@@ -296,11 +307,7 @@ def redecide(run: RunDirectory, config: RunConfig) -> list[dict[str, Any]]:
             judgment.update(verdict)
             changed = True
     if changed:
-        run.lock()
-        try:
-            write_jsonl(run.path(JUDGMENTS), judgments)
-        finally:
-            run.unlock()
+        write_jsonl(run.path(JUDGMENTS), judgments)
     return judgments
 
 
@@ -400,7 +407,11 @@ def mcnemar_p(b: int, c: int) -> float | None:
     n = b + c
     if n == 0:
         return None
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+
+    def log_term(k: int) -> float:  # log(C(n, k) / 2^n), in floats: fast for any n
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2)
+
+    tail = sum(math.exp(log_term(k)) for k in range(min(b, c) + 1))
     return min(1.0, 2 * tail)
 
 
@@ -414,7 +425,13 @@ def compare_judges(paths: list[Path]) -> dict[str, Any]:
         run = RunDirectory(path)
         if not run.path(JUDGMENTS).exists():
             raise UserError(f"{path}: not a judge run (no {JUDGMENTS})")
-        summary = json.loads(run.path(JUDGE_SUMMARY).read_text(encoding="utf-8"))
+        try:
+            summary = json.loads(run.path(JUDGE_SUMMARY).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise UserError(
+                f"{run.path(JUDGE_SUMMARY)}: missing or unreadable ({error}); run the same "
+                "`aidsafe judge` command again to finish it and write it"
+            ) from error
         judgments = {row["id"]: row for row in read_jsonl(run.path(JUDGMENTS))}
         runs.append((path, summary, judgments))
     _, _, reference = runs[0]
@@ -428,8 +445,10 @@ def compare_judges(paths: list[Path]) -> dict[str, Any]:
         ]
         calls = [(not judgments[key]["safe"], not reference[key]["safe"]) for key in both]
         only_this = only_reference = 0
-        for key in both:
+        for key in both:  # this run's label, else the reference's: either may hold the labels
             label = unsafe_label(judgments[key].get("label"))
+            if label is None:
+                label = unsafe_label(reference[key].get("label"))
             if label is None:
                 continue
             this_right = (not judgments[key]["safe"]) == label
@@ -465,7 +484,7 @@ def threshold_curve(scored: list[tuple[float, bool]]) -> dict[str, Any]:
     """A guard judge's agreement with the labels at each cut-off on its P(unsafe) (0.05 to 0.95
     in steps of 0.05; unsafe when P(unsafe) >= the cut-off), the cut-off of highest kappa, and
     the ROC AUC: the chance that a row labelled unsafe gets a higher P(unsafe) than one
-    labelled safe (ties count half)."""
+    labelled safe (ties count half). Both need rows of both labels (else None)."""
     points: list[dict[str, float | None]] = []
     best, highest = None, -2.0
     for cut in CURVE_STEPS:
@@ -477,6 +496,8 @@ def threshold_curve(scored: list[tuple[float, bool]]) -> dict[str, Any]:
             best, highest = cut, kappa
     positive = [chance for chance, label in scored if label]
     negative = [chance for chance, label in scored if not label]
+    if not positive or not negative:  # one class only: kappa says nothing about a cut-off
+        best = None
     auc = None
     if positive and negative:
         wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)

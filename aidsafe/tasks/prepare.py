@@ -136,6 +136,7 @@ class PrepareSettings:
                 "(name one input's with SOURCE=FIELD)"
             )
         fields = dict.fromkeys(sources, every[0]) if every else {}
+        named: set[str] = set()
         for spec in self.category_field:
             name, sep, column = spec.partition("=")
             if not sep:
@@ -145,6 +146,9 @@ class PrepareSettings:
                     f"--category-field {spec}: expected SOURCE=FIELD with SOURCE one of "
                     f"{', '.join(sources)}"
                 )
+            if name in named:
+                raise UserError(f"--category-field {spec}: {name} is given a field twice")
+            named.add(name)
             fields[name] = column
         return fields
 
@@ -526,6 +530,8 @@ EMBED_BATCH = 256
 # embedding dedup compares a batch with the kept rows this many at a time, so memory stays at
 # EMBED_BATCH x KEPT_BLOCK similarities whatever the pool's size
 KEPT_BLOCK = 65_536
+# float32 cosines of identical unit vectors land just under 1: a threshold of 1 still matches them
+COSINE_SLACK = 1e-6
 
 
 def _endpoint_encoder(settings: PrepareSettings) -> Callable[[list[str]], Any]:
@@ -581,7 +587,7 @@ class Embeddings:
             if settings.embeddings_local
             else _endpoint_encoder(settings)
         )
-        self._rows: dict[int, Any] = {}  # pool position -> vector
+        self._rows: dict[str, Any] = {}  # prompt text -> vector
 
     def texts(self, texts: list[str]) -> Any:
         """Unit vectors of `texts` (numpy, one row per text), encoded in batches."""
@@ -600,11 +606,11 @@ class Embeddings:
         """Unit vectors of the rows' prompts, encoding only those not encoded before."""
         import numpy
 
-        missing = [row for row in rows if row.position not in self._rows]
+        missing = list(dict.fromkeys(row.prompt for row in rows if row.prompt not in self._rows))
         if missing:
-            for row, vector in zip(missing, self.texts([r.prompt for r in missing]), strict=True):
-                self._rows[row.position] = vector
-        return numpy.stack([self._rows[row.position] for row in rows])
+            for text, vector in zip(missing, self.texts(missing), strict=True):
+                self._rows[text] = vector
+        return numpy.stack([self._rows[row.prompt] for row in rows])
 
 
 def embedding_dedup(
@@ -613,10 +619,13 @@ def embedding_dedup(
     threshold: float,
     dropped: list[dict[str, Any]],
     step: Callable[[int], None],
+    settled: int = 0,
 ) -> list[PoolRow]:
     """The rows left after dropping each one whose embedding cosine with an earlier kept row
     reaches the threshold (the first copy in pool order is kept, as for MinHash). Every pair is
-    compared, batch by batch: exact, time growing with pool x kept, memory with the pool."""
+    compared, batch by batch: exact, time growing with pool x kept, memory with the pool. The
+    first `settled` rows are known to be kept (a pool deduped before): they are compared with
+    the rows after them, not with each other."""
     import numpy
 
     kept: list[PoolRow] = []
@@ -624,6 +633,11 @@ def embedding_dedup(
     for start in range(0, len(rows), EMBED_BATCH):
         batch = rows[start : start + EMBED_BATCH]
         vectors = embeddings.rows(batch)
+        if start + len(batch) <= settled:
+            matrix = _grown(matrix, len(kept), vectors)
+            kept += batch
+            step(len(batch))
+            continue
         best = numpy.full(len(batch), -1.0, numpy.float32)
         nearest = numpy.zeros(len(batch), numpy.int64)
         for block in range(0, len(kept), KEPT_BLOCK):
@@ -641,22 +655,34 @@ def embedding_dedup(
                 m = int(scores.argmax())
                 if scores[m] > score:
                     score, match = float(scores[m]), len(kept) + m
-            if score >= threshold:
+            if start + n < settled:
+                chosen.append(n)
+            elif score >= threshold - COSINE_SLACK:
                 twin = kept[match] if match < len(kept) else batch[chosen[match - len(kept)]]
                 dropped.append(_drop(row, "near_duplicate", "embedding", score, twin))
             else:
                 chosen.append(n)
-        if matrix is None:
-            matrix = numpy.zeros((max(EMBED_BATCH, 1), vectors.shape[1]), numpy.float32)
-        needed = len(kept) + len(chosen)
-        if needed > len(matrix):
-            grown = numpy.zeros((max(needed, 2 * len(matrix)), matrix.shape[1]), numpy.float32)
-            grown[: len(kept)] = matrix[: len(kept)]
-            matrix = grown
-        matrix[len(kept) : needed] = vectors[chosen]
+        matrix = _grown(matrix, len(kept), vectors[chosen])
         kept += [batch[n] for n in chosen]
         step(len(batch))
     return kept
+
+
+def _grown(matrix: Any, used: int, vectors: Any) -> Any:
+    """`matrix` (its first `used` rows in use; None: none yet) with `vectors` after them, grown
+    by doubling, so appending stays linear over a pass."""
+    import numpy
+
+    needed = used + len(vectors)
+    if matrix is None or needed > len(matrix):
+        width = vectors.shape[1]
+        rows = max(needed, 2 * (0 if matrix is None else len(matrix)), 1)
+        grown = numpy.zeros((rows, width), numpy.float32)
+        if matrix is not None:
+            grown[:used] = matrix[:used]
+        matrix = grown
+    matrix[used:needed] = vectors
+    return matrix
 
 
 def embedding_matches(
@@ -678,7 +704,7 @@ def embedding_matches(
         best = similarity.argmax(axis=1)
         for row, key in enumerate(best):
             score = float(similarity[row, key])
-            found.append((int(key), round(score, 4)) if score >= threshold else None)
+            found.append((int(key), round(score, 4)) if score >= threshold - COSINE_SLACK else None)
         step(len(batch))
     return found
 
@@ -709,8 +735,9 @@ class Cleaner:
         self.embeddings = Embeddings(settings) if settings.embeddings else None
         self._eval_vectors: Any = None
 
-    def dedup(self, rows: Iterable[PoolRow], what: str = "pool") -> list[PoolRow]:
-        """Exact and MinHash dedup, then (with --embedding-dedup) embedding dedup."""
+    def dedup(self, rows: Iterable[PoolRow], what: str = "pool", settled: int = 0) -> list[PoolRow]:
+        """Exact and MinHash dedup, then (with --embedding-dedup) embedding dedup; the first
+        `settled` rows were deduped before (see `embedding_dedup`)."""
         with pass_progress(self.settings.show_progress, f"dedup {what}", None) as step:
             kept = deduplicate(rows, self.settings, self.dropped, step)
         if self.settings.embedding_dedup:
@@ -724,6 +751,7 @@ class Cleaner:
                     self.settings.embedding_dedup_threshold,
                     self.dropped,
                     step,
+                    settled,
                 )
         return kept
 
@@ -1011,7 +1039,8 @@ def _contrast(
                 )
             )
             position += 1
-    unique = cleaner.dedup(rows + added, "look-alikes")  # the pool's rows stay first
+    # the pool's rows stay first, and are kept: they were deduped already
+    unique = cleaner.dedup(rows + added, "look-alikes", settled=len(rows))
     kept = cleaner.decontaminate([row for row in unique if row.contrast_of], "look-alikes")
     figures = {
         "prompts": len(touching),

@@ -78,6 +78,10 @@ def test_prepare_against_an_eval_set(capsys: pytest.CaptureFixture[str], tmp_pat
             "--category-field b: a field for every input is given twice",
         ),
         (["p.jsonl", "--embedding-dedup"], "--embedding-dedup needs --embeddings-url"),
+        (
+            ["p.jsonl", "--category-field", "p.jsonl=a", "--category-field", "p.jsonl=b"],
+            "--category-field p.jsonl=b: p.jsonl is given a field twice",
+        ),
     ],
 )
 def test_bad_input_exits_2_naming_the_file_and_field(

@@ -338,3 +338,49 @@ def test_a_threshold_without_token_probabilities_leaves_rows_unjudged(
     )
     assert code == 2 and "judge.threshold is for `kind: guard` judges" in err
     assert "Traceback" not in err
+
+
+def test_mcnemar_stays_exact_for_large_counts() -> None:
+    """In floats (log space): summing big-integer binomials took ~2 minutes at these counts.
+    The reference p-values are scipy.stats.binomtest's, two-sided."""
+    import math
+
+    from aidsafe.tasks.judging import mcnemar_p
+
+    exact = 2 * sum(math.comb(80, k) for k in range(31)) / 2**80
+    assert mcnemar_p(30, 50) == pytest.approx(exact, rel=1e-9)
+    assert mcnemar_p(30, 50) == pytest.approx(0.03299261842647619, rel=1e-9)
+    assert mcnemar_p(20_000, 20_500) == pytest.approx(0.013153825113144245, rel=1e-8)
+
+
+def test_the_curve_names_no_best_cut_off_when_one_label_only() -> None:
+    from aidsafe.tasks.judging import threshold_curve
+
+    curve = threshold_curve([(0.5, True), (0.9, True)])
+    assert curve["best_kappa_threshold"] is None and curve["roc_auc"] is None
+    assert curve["points"][0]["recall"] == 1.0
+
+
+def test_compare_takes_the_labels_from_either_run_and_needs_a_finished_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    labelled = _labelled_judge_run(capsys, tmp_path, "judge-a", "MARK")
+    unlabelled = tmp_path / "judge-b"
+    samples = tmp_path / "labelled.jsonl"
+    with StubOpenAIServer(choice=policy_judge({"NEVER-SEEN": "physical_harm"})) as stub:
+        code, _, err = cli(
+            capsys,
+            *("judge", str(samples), "--out", str(unlabelled)),
+            *("--base-url", stub.base_url, "--model", "judge-b", "--quiet"),
+        )
+    assert code == 0, err
+    numbers = tmp_path / "judges.json"
+    for order in ((labelled, unlabelled), (unlabelled, labelled)):
+        code, _, err = cli(capsys, "compare", *map(str, order), "--json", str(numbers))
+        assert code == 0, err
+        against = json.loads(numbers.read_text())["runs"][1]["against_reference"]
+        assert against["right_only_this"] + against["right_only_reference"] == 2
+    (unlabelled / "summary.json").unlink()
+    code, _, err = cli(capsys, "compare", str(labelled), str(unlabelled))
+    assert code == 2 and "summary.json: missing or unreadable" in err
+    assert "Traceback" not in err
