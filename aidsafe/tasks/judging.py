@@ -97,10 +97,11 @@ class JudgeResponses(Recipe):
             "response": str(item.fields[self.response_field]),
             "index": item.index,
             "group": self._group(item),
-            **self._labels(item),
+            **self.labels_of(item),
         }
 
-    def _labels(self, item: PromptRow) -> dict[str, Any]:
+    def labels_of(self, item: PromptRow) -> dict[str, Any]:
+        """The row's human label and label categories (None where not asked for)."""
         named = self.label_categories_field
         return {
             "label": item.fields.get(self.label_field) if self.label_field else None,
@@ -154,7 +155,7 @@ class JudgeResponses(Recipe):
 
     def fingerprint_data(self, ctx: RunContext) -> dict[str, Any]:
         """A guard's cut-off is applied again to the recorded P(unsafe) on every run, with no
-        calls (`redecide`): only whether probabilities are asked for decides the calls."""
+        calls (`refresh`): only whether probabilities are asked for decides the calls."""
         data = super().fingerprint_data(ctx)
         judge = data["settings"]["judge"]
         if "threshold" in judge:
@@ -174,7 +175,7 @@ class JudgeResponses(Recipe):
             unjudged_reason="invalid_input" if invalid else failure["reason"],
             detail=failure["detail"],
             raw_output=failure["raw_output"],
-            **self._labels(item),
+            **self.labels_of(item),
             calls=failure["calls"],
         )
 
@@ -247,7 +248,10 @@ async def judge_responses(
     )
     summary = JudgeSummary(await run_stage(stage))
     policies = load_policies(config.policies)
-    judgments = redecide(run, config)
+    labels = None
+    if label_field is not None:
+        labels = {row.id: recipe.labels_of(row) for row in _with_ids(source, response_field)}
+    judgments = refresh(run, config, labels)
     groups: dict[str, list[bool | None]] = {}
     reasons: dict[str, int] = {}
     for judgment in judgments:
@@ -276,39 +280,40 @@ async def judge_responses(
     return summary
 
 
-def redecide(run: RunDirectory, config: RunConfig) -> list[dict[str, Any]]:
-    """The judgments, each guard verdict with a recorded P(unsafe) decided again at the
-    configured threshold (judge once, then try cut-offs with no calls); judgments.jsonl is
-    rewritten (atomically, under the directory's lock) when a verdict changed."""
+def refresh(
+    run: RunDirectory, config: RunConfig, labels: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The judgments, brought up to date with no calls: each row's `label` and
+    `label_categories` from the input as it is now (`labels`, by row id: labels added or
+    corrected after judging count), and each guard verdict with a recorded P(unsafe) decided
+    again at the configured threshold (judge once, then try cut-offs). judgments.jsonl is
+    rewritten (atomically, under the directory's lock) when anything changed."""
     threshold = config.judge.threshold
-    if threshold is None:
+    if threshold is None and labels is None:
         return list(read_jsonl(run.path(JUDGMENTS)))
     run.lock()
     try:
-        return _redecided(run, config, threshold)
+        judgments = list(read_jsonl(run.path(JUDGMENTS)))
+        changed = False
+        for judgment in judgments:
+            update = dict(labels.get(judgment["id"], {})) if labels is not None else {}
+            if threshold is not None and judgment.get("p_unsafe") is not None:
+                if judgment["safe"] is not None:
+                    update |= guard_verdict(
+                        bool(judgment.get("text_safe", judgment["safe"])),
+                        judgment.get("categories") or [],
+                        config.judge.categories,
+                        judgment["p_unsafe"],
+                        threshold,
+                    )
+            if any(judgment.get(key) != value for key, value in update.items()):
+                judgment.update(update)
+                changed = True
+        if changed:
+            write_jsonl(run.path(JUDGMENTS), judgments)
+        return judgments
     finally:
         run.unlock()
-
-
-def _redecided(run: RunDirectory, config: RunConfig, threshold: float) -> list[dict[str, Any]]:
-    judgments = list(read_jsonl(run.path(JUDGMENTS)))
-    changed = False
-    for judgment in judgments:
-        if judgment.get("p_unsafe") is None or judgment["safe"] is None:
-            continue
-        verdict = guard_verdict(
-            bool(judgment.get("text_safe", judgment["safe"])),
-            judgment.get("categories") or [],
-            config.judge.categories,
-            judgment["p_unsafe"],
-            threshold,
-        )
-        if any(judgment.get(key) != value for key, value in verdict.items()):
-            judgment.update(verdict)
-            changed = True
-    if changed:
-        write_jsonl(run.path(JUDGMENTS), judgments)
-    return judgments
 
 
 DISAGREEMENTS = "disagreements.jsonl"

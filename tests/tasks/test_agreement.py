@@ -384,3 +384,41 @@ def test_compare_takes_the_labels_from_either_run_and_needs_a_finished_one(
     code, _, err = cli(capsys, "compare", str(labelled), str(unlabelled))
     assert code == 2 and "summary.json: missing or unreadable" in err
     assert "Traceback" not in err
+
+
+def test_labels_given_after_judging_count_with_no_new_call(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Labels are read from the input on every run, not only when a row is judged: adding
+    --label-field (or correcting a label) later measures the judge without judging again."""
+    rows = [
+        {
+            "id": "a",
+            "prompt": "q1",
+            "response": "MARK bad",
+            "human": "unsafe",
+            "cats": "physical_harm",
+        },
+        {"id": "b", "prompt": "q2", "response": "fine", "human": "safe", "cats": None},
+    ]
+    samples = tmp_path / "labelled.jsonl"
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with StubOpenAIServer(choice=policy_judge({"MARK": "physical_harm"})) as stub:
+
+        def judge(*extra: str) -> dict:
+            code, _, err = cli(
+                capsys,
+                *("judge", str(samples), "--out", str(tmp_path / "j"), *extra),
+                *("--base-url", stub.base_url, "--model", "judge", "--quiet"),
+            )
+            assert code == 0, err
+            return json.loads((tmp_path / "j" / "summary.json").read_text())
+
+        assert "agreement" not in judge()
+        labelled = judge("--label-field", "human", "--label-categories-field", "cats")
+        assert len(stub.requests) == 2  # the two rows, judged once
+    assert labelled["agreement"]["n"] == 2 and labelled["agreement"]["accuracy"]["value"] == 1.0
+    assert labelled["agreement"]["per_policy"]["policies"]["physical_harm"]["positives"] == 1
+    recorded = {row["id"]: row for row in read_jsonl(tmp_path / "j" / "judgments.jsonl")}
+    assert recorded["a"]["label"] == "unsafe"
+    assert recorded["a"]["label_categories"] == ["physical_harm"]
