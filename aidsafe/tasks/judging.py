@@ -297,15 +297,15 @@ def refresh(
         changed = False
         for judgment in judgments:
             update = dict(labels.get(judgment["id"], {})) if labels is not None else {}
-            if threshold is not None and judgment.get("p_unsafe") is not None:
-                if judgment["safe"] is not None:
-                    update |= guard_verdict(
-                        bool(judgment.get("text_safe", judgment["safe"])),
-                        judgment.get("categories") or [],
-                        config.judge.categories,
-                        judgment["p_unsafe"],
-                        threshold,
-                    )
+            decided = judgment.get("p_unsafe") is not None and judgment["safe"] is not None
+            if threshold is not None and decided:
+                update |= guard_verdict(
+                    bool(judgment.get("text_safe", judgment["safe"])),
+                    judgment.get("categories") or [],
+                    config.judge.categories,
+                    judgment["p_unsafe"],
+                    threshold,
+                )
             if any(judgment.get(key) != value for key, value in update.items()):
                 judgment.update(update)
                 changed = True
