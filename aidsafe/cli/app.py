@@ -895,7 +895,14 @@ def compare(
     from aidsafe.agents.grader import METRICS
     from aidsafe.schemas import REMOVAL_REASONS
     from aidsafe.tasks.judging import compare_judges, is_judge_run
-    from aidsafe.tasks.report import comparison, fmt, html_report, load_run, metric_text
+    from aidsafe.tasks.report import (
+        comparison,
+        fmt,
+        html_report,
+        judge_report_html,
+        load_run,
+        metric_text,
+    )
 
     if len(runs) < 2:
         raise UserError("compare needs at least two run directories")
@@ -904,10 +911,11 @@ def compare(
         if not all(judges):
             other = runs[judges.index(False)]
             raise UserError(f"{other}: not a judge run; compare judge runs with judge runs")
-        if html_out is not None:
-            raise UserError("--html: the HTML report is for graded runs; use --json for judges")
         compared = compare_judges(runs)
         print_judge_comparison(compared)
+        if html_out is not None:
+            html_out.write_text(judge_report_html(compared), encoding="utf-8")
+            out.print(f"HTML report: {escape(str(html_out))}")
         if json_out is not None:
             json_out.write_text(jsonlib.dumps(compared, indent=2), encoding="utf-8")
         return

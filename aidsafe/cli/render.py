@@ -388,50 +388,12 @@ def print_split(report: dict[str, Any], run_dir: Any) -> None:
 def print_judge_comparison(compared: dict[str, Any]) -> None:
     """`compare` of judge runs: agreement with the labels side by side, then each judge against
     the first, row by row."""
-    runs = compared["runs"]
+    from aidsafe.tasks.judging import judge_rows
+
     table = Table(title=f"judges compared (row by row against {escape(compared['reference'])})")
     table.add_column("")
-    for run in runs:
-        judge = run["judge"] or {}
-        table.add_column(
-            f"{escape(run['name'])}\n{escape(str(judge.get('model')))} ({judge.get('kind')})"
-        )
-
-    def figure(run: dict[str, Any], name: str) -> str:
-        agreement = run["agreement"]
-        if not agreement:
-            return "-"
-        value, ci = agreement[name]["value"], agreement[name]["ci95"]
-        if value is None:
-            return "-"
-        return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
-
-    table.add_row(
-        "labelled rows", *(str(run["agreement"]["n"]) if run["agreement"] else "-" for run in runs)
-    )
-    for name in AGREEMENT_NAMES:
-        table.add_row(name.replace("_", " "), *(figure(run, name) for run in runs))
-    table.add_row(
-        "Safe@1",
-        *(
-            f"{run['overall']['safe_at_1']:.3f}"
-            if run["overall"] and run["overall"]["safe_at_1"] is not None
-            else "-"
-            for run in runs
-        ),
-    )
-    against = [run["against_reference"] for run in runs]
-
-    def share(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}"
-
-    table.add_row("rows judged by both", *(str(a["rows_both_judged"]) for a in against))
-    table.add_row("same call as reference", *(share(a["same_call"]) for a in against))
-    table.add_row("kappa with reference", *(share(a["kappa"]) for a in against))
-    table.add_row("right where reference wrong", *(str(a["right_only_this"]) for a in against))
-    table.add_row("wrong where reference right", *(str(a["right_only_reference"]) for a in against))
-    table.add_row(
-        "McNemar p",
-        *("-" if a["mcnemar_p"] is None else f"{a['mcnemar_p']:.4f}" for a in against),
-    )
+    for run in compared["runs"]:
+        table.add_column(escape(run["name"]))
+    for label, cells in judge_rows(compared):
+        table.add_row(label, *(escape(cell) for cell in cells))
     out.print(table)

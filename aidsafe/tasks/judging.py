@@ -21,6 +21,7 @@ from aidsafe.errors import StageFailed, UserError
 from aidsafe.inputs import PromptRow, PromptSource, category_names, content_id
 from aidsafe.jsonl import now, read_jsonl, write_atomic, write_jsonl
 from aidsafe.metrics import (
+    AGREEMENT,
     agreement,
     agreement_figures,
     per_policy_metrics,
@@ -512,3 +513,40 @@ def threshold_curve(scored: list[tuple[float, bool]]) -> dict[str, Any]:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+def judge_rows(compared: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """`compare_judges` as the rows of a table, one cell per judge: the CLI and the HTML report
+    show the same lines."""
+    runs = compared["runs"]
+
+    def figure(run: dict[str, Any], name: str) -> str:
+        agreement = run["agreement"]
+        if not agreement or agreement[name]["value"] is None:
+            return "-"
+        value, ci = agreement[name]["value"], agreement[name]["ci95"]
+        return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    overall = [run["overall"] or {} for run in runs]
+    against = [run["against_reference"] for run in runs]
+    return [
+        (
+            "judge",
+            [f"{(r['judge'] or {}).get('model')} ({(r['judge'] or {}).get('kind')})" for r in runs],
+        ),
+        ("labelled rows", [str(r["agreement"]["n"]) if r["agreement"] else "-" for r in runs]),
+        *((name.replace("_", " "), [figure(run, name) for run in runs]) for name in AGREEMENT),
+        ("Safe@1", [share(o.get("safe_at_1")) for o in overall]),
+        ("rows judged by both", [str(a["rows_both_judged"]) for a in against]),
+        ("same call as reference", [share(a["same_call"]) for a in against]),
+        ("kappa with reference", [share(a["kappa"]) for a in against]),
+        ("right where reference wrong", [str(a["right_only_this"]) for a in against]),
+        ("wrong where reference right", [str(a["right_only_reference"]) for a in against]),
+        (
+            "McNemar p",
+            ["-" if a["mcnemar_p"] is None else f"{a['mcnemar_p']:.4f}" for a in against],
+        ),
+    ]

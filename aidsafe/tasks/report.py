@@ -151,6 +151,13 @@ def _count(run: RunStats, metric: str, score: int) -> int:
     return sum(1 for scores in run.scores.values() if scores.get(metric) == score)
 
 
+STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:900px}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
+    "text-align:left;vertical-align:top}svg{display:block;margin:1.5em 0;max-width:100%}"
+)
+
+
 def html_report(runs: list[RunStats], data: dict[str, Any]) -> str:
     names = [run.name for run in runs]
     means = [(r.name, [r.summary["metrics"][m]["mean"] for m in METRICS]) for r in runs]
@@ -220,15 +227,56 @@ def html_report(runs: list[RunStats], data: dict[str, Any]) -> str:
         rows.append(
             f"<tr><th>removed per row: {reason}</th>{''.join(f'<td>{v}</td>' for v in values)}</tr>"
         )
-    style = (
-        "body{font-family:sans-serif;margin:2em;max-width:900px}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left;vertical-align:top}svg{display:block;margin:1.5em 0;max-width:100%}"
-    )
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>aidsafe comparison</title>"
-        f"<style>{style}</style></head><body><h1>aidsafe comparison</h1>"
+        f"<style>{STYLE}</style></head><body><h1>aidsafe comparison</h1>"
         f"<p>Differences (Δ) and paired win rates are against <b>{html.escape(names[0])}</b>, "
         "on rows graded in both runs. Intervals are 95% bootstrap CIs.</p>"
         f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>{''.join(charts)}</body></html>"
+    )
+
+
+def judge_report_html(compared: dict[str, Any]) -> str:
+    """`compare --html` of judge runs: the table `compare` prints, and each judge's agreement
+    figures as bars with their 95% intervals."""
+    from aidsafe.metrics import AGREEMENT
+    from aidsafe.tasks.judging import judge_rows
+
+    runs = [run for run in compared["runs"] if run["agreement"]]
+    charts = []
+    if runs:
+        values = [
+            (run["name"], [run["agreement"][name]["value"] for name in AGREEMENT]) for run in runs
+        ]
+        intervals: list[list[tuple[float, float] | None]] = [
+            [
+                (ci[0], ci[1]) if (ci := run["agreement"][name]["ci95"]) else None
+                for name in AGREEMENT
+            ]
+            for run in runs
+        ]
+        charts.append(
+            bar_chart(
+                "Agreement with the labels, with 95% CI (unsafe = positive)",
+                [name.replace("_", " ") for name in AGREEMENT],
+                values,
+                errors=intervals,
+                top=1.0,
+                ylabel="share, kappa",
+            )
+        )
+    head = "".join(f"<th>{html.escape(run['name'])}</th>" for run in compared["runs"])
+    body = "".join(
+        f"<tr><th>{html.escape(label)}</th>"
+        + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
+        + "</tr>"
+        for label, cells in judge_rows(compared)
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>aidsafe judges compared</title>"
+        f"<style>{STYLE}</style></head><body><h1>aidsafe judges compared</h1>"
+        f"<p>Row by row against <b>{html.escape(compared['reference'])}</b> (rows matched by id; "
+        "a row's label from either run). Intervals are 95% bootstrap CIs; McNemar's exact test "
+        "on the rows where exactly one of the two judges is right.</p>"
+        f"<table><tr><th></th>{head}</tr>{body}</table>{''.join(charts)}</body></html>"
     )

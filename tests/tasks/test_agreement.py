@@ -204,10 +204,15 @@ def test_compare_two_judges_on_the_same_labels(
     (right on q1 q3, wrong on q2). Each is right once where the other is wrong."""
     first = _labelled_judge_run(capsys, tmp_path, "judge-a", "MARK")
     second = _labelled_judge_run(capsys, tmp_path, "judge-b", "NEVER-SEEN")
-    numbers = tmp_path / "judges.json"
-    code, out, err = cli(capsys, "compare", str(first), str(second), "--json", str(numbers))
+    numbers, page = tmp_path / "judges.json", tmp_path / "judges.html"
+    code, out, err = cli(
+        capsys, "compare", str(first), str(second), "--json", str(numbers), "--html", str(page)
+    )
     assert code == 0, err
-    assert "judges compared" in out and "McNemar p" in out
+    assert "judges compared" in out and "McNemar p" in out and "judge-b (policy)" in out
+    report = page.read_text()
+    assert "<th>McNemar p</th><td>-</td><td>1.0000</td>" in report
+    assert 'aria-label="Agreement with the labels, with 95% CI (unsafe = positive)"' in report
     compared = json.loads(numbers.read_text())
     a, b = compared["runs"]
     assert compared["reference"] == "judge-a" and b["judge"]["model"] == "judge-b"
