@@ -566,6 +566,9 @@ def _local_encoder(name: str) -> Callable[[list[str]], Any]:
         raise UserError(
             "--embeddings-local needs sentence-transformers: pip install 'aidsafe[embeddings]'"
         ) from error
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its own loading bar; prepare shows passes
     try:
         model = SentenceTransformer(name)
     except (OSError, ValueError) as error:
