@@ -32,6 +32,27 @@ def policy_judge(marks: dict[str, str]) -> Callable[[dict, dict], dict]:
     return verdicts
 
 
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def judge_cli(
+    capsys: pytest.CaptureFixture[str],
+    samples: Path,
+    out: Path,
+    base_url: str,
+    *options: str,
+    model: str = "judge",
+) -> tuple[int, str, str]:
+    """`aidsafe judge SAMPLES --out OUT` at `base_url`, quietly, with more options."""
+    return cli(
+        capsys,
+        *("judge", str(samples), "--out", str(out), *options),
+        *("--base-url", base_url, "--model", model, "--quiet"),
+    )
+
+
 def test_the_figures_by_hand() -> None:
     # (judged unsafe, labelled unsafe): TP 3, FP 1, FN 2, TN 4
     pairs = [(True, True)] * 3 + [(True, False)] + [(False, True)] * 2 + [(False, False)] * 4
@@ -71,23 +92,11 @@ def test_judge_with_labels_reports_agreement_and_lists_disagreements(
         {"prompt": "q3", "response": "UNSAFE-MARK another", "human": "safe"},  # judge disagrees
         {"prompt": "q4", "response": "fine again", "human": "unsure"},  # no usable label
     ]
-    samples = tmp_path / "labelled.jsonl"
-    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    samples = write_rows(tmp_path / "labelled.jsonl", rows)
 
     with StubOpenAIServer(choice=policy_judge({"UNSAFE-MARK": "physical_harm"})) as stub:
-        code, out, _ = cli(
-            capsys,
-            "judge",
-            str(samples),
-            "--out",
-            str(tmp_path / "j"),
-            "--label-field",
-            "human",
-            "--base-url",
-            stub.base_url,
-            "--model",
-            "judge",
-            "--quiet",
+        code, out, _ = judge_cli(
+            capsys, samples, tmp_path / "j", stub.base_url, "--label-field", "human"
         )
     assert code == 0 and "agreement with the labels (3 rows" in out
     summary = json.loads((tmp_path / "j" / "summary.json").read_text())["agreement"]
@@ -96,18 +105,8 @@ def test_judge_with_labels_reports_agreement_and_lists_disagreements(
     assert summary["unlabelled"] == 1 and summary["unjudged"] == 0
     [wrong] = read_jsonl(tmp_path / "j" / "disagreements.jsonl")
     assert (wrong["prompt"], wrong["label"], wrong["judged"]) == ("q3", "safe", "unsafe")
-    code, _, err = cli(
-        capsys,
-        "judge",
-        str(samples),
-        "--out",
-        str(tmp_path / "k"),
-        "--label-field",
-        "nope",
-        "--base-url",
-        "http://127.0.0.1:9/v1",
-        "--model",
-        "judge",
+    code, _, err = judge_cli(
+        capsys, samples, tmp_path / "k", "http://127.0.0.1:9/v1", "--label-field", "nope"
     )
     assert code == 2 and "'nope'" in err and "--label-field" in err
 
@@ -127,26 +126,16 @@ def test_agreement_per_policy_from_label_categories(
         {"prompt": "q6", "response": "fine", "human": "unsafe", "cats": []},  # no category
         {"prompt": "q7", "response": "FRAUD", "human": "unsafe", "cats": {"S99": True}},
     ]
-    samples = tmp_path / "labelled.jsonl"
-    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    samples = write_rows(tmp_path / "labelled.jsonl", rows)
 
     marks = {"HARM": "physical_harm", "FRAUD": "fraud_deception"}
     with StubOpenAIServer(choice=policy_judge(marks)) as stub:
-        code, out, _ = cli(
+        code, out, _ = judge_cli(
             capsys,
-            "judge",
-            str(samples),
-            "--out",
-            str(tmp_path / "j"),
-            "--label-field",
-            "human",
-            "--label-categories-field",
-            "cats",
-            "--base-url",
+            samples,
+            tmp_path / "j",
             stub.base_url,
-            "--model",
-            "judge",
-            "--quiet",
+            *("--label-field", "human", "--label-categories-field", "cats"),
         )
     assert code == 0 and "agreement per policy" in out
     per_policy = json.loads((tmp_path / "j" / "summary.json").read_text())["agreement"]
@@ -183,15 +172,12 @@ def _labelled_judge_run(
         {"id": "q3", "prompt": "q3", "response": "MARK another", "human": "safe"},
         {"id": "q4", "prompt": "q4", "response": "fine again", "human": "unsure"},
     ]
-    samples = tmp_path / "labelled.jsonl"
-    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    samples = write_rows(tmp_path / "labelled.jsonl", rows)
 
     out = tmp_path / name
     with StubOpenAIServer(choice=policy_judge({unsafe_mark: "physical_harm"})) as stub:
-        code, _, err = cli(
-            capsys,
-            *("judge", str(samples), "--out", str(out), "--label-field", "human"),
-            *("--base-url", stub.base_url, "--model", name, "--quiet"),
+        code, _, err = judge_cli(
+            capsys, samples, out, stub.base_url, "--label-field", "human", model=name
         )
     assert code == 0, err
     return out
@@ -262,16 +248,17 @@ def test_a_guard_threshold_on_p_unsafe_and_the_agreement_curve(
         {"id": f"r{n}", "prompt": f"q{n}", "response": f"answer P={chance}", "human": label}
         for n, (chance, label) in enumerate(chances)
     ]
-    samples = tmp_path / "labelled.jsonl"
-    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    samples = write_rows(tmp_path / "labelled.jsonl", rows)
     with StubOpenAIServer(choice=_guard_with_chances) as stub:
 
         def judge(threshold: str) -> tuple[int, str, str]:
-            return cli(
+            return judge_cli(
                 capsys,
-                *("judge", str(samples), "--out", str(tmp_path / "j"), "--label-field", "human"),
-                *("--kind", "guard", "--threshold", threshold),
-                *("--base-url", stub.base_url, "--model", "guard", "--quiet"),
+                samples,
+                tmp_path / "j",
+                stub.base_url,
+                *("--label-field", "human", "--kind", "guard", "--threshold", threshold),
+                model="guard",
             )
 
         code, out, err = judge("0.8")
@@ -327,19 +314,15 @@ def test_a_threshold_without_token_probabilities_leaves_rows_unjudged(
         return _guard_with_chances(request | {"logprobs": False}, sent)
 
     with StubOpenAIServer(choice=no_logprobs) as stub:
-        code, _, err = cli(
-            capsys,
-            *("judge", str(samples), "--out", str(tmp_path / "j"), "--kind", "guard"),
-            *("--threshold", "0.5", "--base-url", stub.base_url, "--model", "g", "--quiet"),
+        code, _, err = judge_cli(
+            capsys, samples, tmp_path / "j", stub.base_url, "--kind", "guard", "--threshold", "0.5"
         )
     assert code == 0, err
     [row] = read_jsonl(tmp_path / "j" / "judgments.jsonl")
     assert row["safe"] is None and row["unjudged_reason"] == "malformed_output"
     assert "no token probabilities" in row["detail"]
-    code, _, err = cli(
-        capsys,
-        *("judge", str(samples), "--out", str(tmp_path / "k"), "--threshold", "0.5"),
-        *("--base-url", "http://127.0.0.1:9/v1", "--model", "g"),
+    code, _, err = judge_cli(
+        capsys, samples, tmp_path / "k", "http://127.0.0.1:9/v1", "--threshold", "0.5"
     )
     assert code == 2 and "judge.threshold is for `kind: guard` judges" in err
     assert "Traceback" not in err
@@ -373,11 +356,7 @@ def test_compare_takes_the_labels_from_either_run_and_needs_a_finished_one(
     unlabelled = tmp_path / "judge-b"
     samples = tmp_path / "labelled.jsonl"
     with StubOpenAIServer(choice=policy_judge({"NEVER-SEEN": "physical_harm"})) as stub:
-        code, _, err = cli(
-            capsys,
-            *("judge", str(samples), "--out", str(unlabelled)),
-            *("--base-url", stub.base_url, "--model", "judge-b", "--quiet"),
-        )
+        code, _, err = judge_cli(capsys, samples, unlabelled, stub.base_url, model="judge-b")
     assert code == 0, err
     numbers = tmp_path / "judges.json"
     for order in ((labelled, unlabelled), (unlabelled, labelled)):
@@ -406,16 +385,11 @@ def test_labels_given_after_judging_count_with_no_new_call(
         },
         {"id": "b", "prompt": "q2", "response": "fine", "human": "safe", "cats": None},
     ]
-    samples = tmp_path / "labelled.jsonl"
-    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    samples = write_rows(tmp_path / "labelled.jsonl", rows)
     with StubOpenAIServer(choice=policy_judge({"MARK": "physical_harm"})) as stub:
 
         def judge(*extra: str) -> dict:
-            code, _, err = cli(
-                capsys,
-                *("judge", str(samples), "--out", str(tmp_path / "j"), *extra),
-                *("--base-url", stub.base_url, "--model", "judge", "--quiet"),
-            )
+            code, _, err = judge_cli(capsys, samples, tmp_path / "j", stub.base_url, *extra)
             assert code == 0, err
             return json.loads((tmp_path / "j" / "summary.json").read_text())
 
