@@ -69,6 +69,18 @@ AGREEMENT = (
 )
 
 
+# what the agreement curve draws and tabulates: the false-negative rate is 1 - recall
+CURVE_FIGURES = AGREEMENT[:5]
+
+
+def figure_text(figure: dict[str, Any] | None) -> str:
+    """An `agreement` figure as text: its value and 95% interval, or "-" where undefined."""
+    if not figure or figure["value"] is None:
+        return "-"
+    value, ci = figure["value"], figure["ci95"]
+    return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+
 def agreement_figures(pairs: Sequence[tuple[bool, bool]]) -> dict[str, float | None]:
     """The judge against people on (judged unsafe, labelled unsafe) pairs, `unsafe` the positive
     class: accuracy, Cohen's kappa, precision, recall, false-positive and false-negative rates

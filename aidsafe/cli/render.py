@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aidsafe.metrics import AGREEMENT as AGREEMENT_NAMES
+from aidsafe.metrics import CURVE_FIGURES, figure_text
 
 out = Console()
 err = Console(stderr=True)
@@ -146,11 +147,10 @@ def print_threshold_curve(curve: dict[str, Any]) -> None:
         return "-" if value is None else f"{value:.3f}"
 
     table = Table(title=f"agreement against the P(unsafe) cut-off ({curve['n']} rows)")
-    names = ("accuracy", "kappa", "precision", "recall", "false_positive_rate")
-    for column in ("cut-off", *names):
+    for column in ("cut-off", *CURVE_FIGURES):
         table.add_column(column.replace("_", " "), justify="right")
     for point in curve["points"]:
-        table.add_row(f"{point['threshold']:.2f}", *(cell(point[name]) for name in names))
+        table.add_row(f"{point['threshold']:.2f}", *(cell(point[name]) for name in CURVE_FIGURES))
     out.print(table)
     out.print(
         f"Highest kappa at cut-off {curve['best_kappa_threshold']}; ROC AUC {curve['roc_auc']}."
@@ -160,12 +160,6 @@ def print_threshold_curve(curve: dict[str, Any]) -> None:
 def print_policy_agreement(per_policy: dict[str, Any]) -> None:
     """`--label-categories-field`: agreement per policy, each with its 95% CI."""
 
-    def cell(figure: dict[str, Any]) -> str:
-        value, ci = figure["value"], figure["ci95"]
-        if value is None:
-            return "-"
-        return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
-
     table = Table(title="agreement per policy (value, 95% CI)")
     for column in ("policy", "rows", "labelled unsafe", "kappa", "precision", "recall"):
         table.add_column(column, justify="left" if column == "policy" else "right")
@@ -174,9 +168,9 @@ def print_policy_agreement(per_policy: dict[str, Any]) -> None:
             pid,
             str(figures["n"]),
             str(figures["positives"]),
-            cell(figures["kappa"]),
-            cell(figures["precision"]),
-            cell(figures["recall"]),
+            figure_text(figures["kappa"]),
+            figure_text(figures["precision"]),
+            figure_text(figures["recall"]),
         )
     out.print(table)
     notes = [f"Rows labelled unsafe with no category: {per_policy['uncategorised']}."]

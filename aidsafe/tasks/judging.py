@@ -24,6 +24,7 @@ from aidsafe.metrics import (
     AGREEMENT,
     agreement,
     agreement_figures,
+    figure_text,
     per_policy_metrics,
     safety_metrics,
     unsafe_label,
@@ -520,13 +521,6 @@ def judge_rows(compared: dict[str, Any]) -> list[tuple[str, list[str]]]:
     show the same lines."""
     runs = compared["runs"]
 
-    def figure(run: dict[str, Any], name: str) -> str:
-        agreement = run["agreement"]
-        if not agreement or agreement[name]["value"] is None:
-            return "-"
-        value, ci = agreement[name]["value"], agreement[name]["ci95"]
-        return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
-
     def share(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
@@ -538,7 +532,13 @@ def judge_rows(compared: dict[str, Any]) -> list[tuple[str, list[str]]]:
             [f"{(r['judge'] or {}).get('model')} ({(r['judge'] or {}).get('kind')})" for r in runs],
         ),
         ("labelled rows", [str(r["agreement"]["n"]) if r["agreement"] else "-" for r in runs]),
-        *((name.replace("_", " "), [figure(run, name) for run in runs]) for name in AGREEMENT),
+        *(
+            (
+                name.replace("_", " "),
+                [figure_text((run["agreement"] or {}).get(name)) for run in runs],
+            )
+            for name in AGREEMENT
+        ),
         ("Safe@1", [share(o.get("safe_at_1")) for o in overall]),
         ("rows judged by both", [str(a["rows_both_judged"]) for a in against]),
         ("same call as reference", [share(a["same_call"]) for a in against]),

@@ -275,9 +275,11 @@ def minhash_of(grams: set[str]) -> Any:
 # --- the pool ------------------------------------------------------------------------------------
 
 
-def open_sources(inputs: list[InputSpec], settings: PrepareSettings) -> list[PromptSource]:
+def open_sources(
+    inputs: list[InputSpec], settings: PrepareSettings
+) -> tuple[list[PromptSource], dict[str, str]]:
     """Every input opened and read through once, so that a missing file, field or bad line
-    stops the command before any output is written."""
+    stops the command before any output is written; and each source's category column."""
     if not inputs:
         raise UserError("prepare needs at least one input")
     names = Counter(spec.source for spec in inputs)
@@ -300,7 +302,7 @@ def open_sources(inputs: list[InputSpec], settings: PrepareSettings) -> list[Pro
         )
         source.check()
         sources.append(source)
-    return sources
+    return sources, fields
 
 
 class NearIndex:
@@ -894,7 +896,7 @@ def prepare(
     DIR/report.json and DIR/report.html. Nothing is dropped without a line in the report."""
     settings = settings or PrepareSettings()
     settings.check()
-    sources = open_sources(inputs, settings)
+    sources, fields = open_sources(inputs, settings)
     items, evals = open_evals(settings)
     dropped: list[dict[str, Any]] = []
     read: Counter[str] = Counter()
@@ -905,7 +907,6 @@ def prepare(
             yield row
 
     cleaner = Cleaner(settings, items, dropped)
-    fields = settings.category_fields([spec.source for spec in inputs])
     pool = _pool(inputs, sources, dropped, fields)
     clean = cleaner.decontaminate(cleaner.dedup(counted(pool)))
     classified = _classify(clean, out, settings) if settings.classify else None

@@ -26,6 +26,7 @@ from typing import Any
 from aidsafe.agents.grader import METRICS
 from aidsafe.errors import UserError
 from aidsafe.jsonl import read_jsonl
+from aidsafe.metrics import CURVE_FIGURES
 from aidsafe.recipes import registry
 from aidsafe.recipes.base import Recipe
 from aidsafe.run.directory import GRADES, JUDGE_SUMMARY, VIEW, RunDirectory
@@ -478,13 +479,12 @@ def _agreement_charts(root: Path) -> list[str]:
         curve = json.loads(path.read_text(encoding="utf-8"))["agreement"]["threshold_curve"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    names = ("accuracy", "kappa", "precision", "recall", "false_positive_rate")
     points = curve["points"]
     return [
         charts.line_chart(
             "Agreement with the labels, by P(unsafe) cut-off",
             [point["threshold"] for point in points],
-            [(name.replace("_", " "), [point[name] for point in points]) for name in names],
+            [(name.replace("_", " "), [point[name] for point in points]) for name in CURVE_FIGURES],
             xlabel=f"cut-off: unsafe when P(unsafe) >= it ({curve['n']} rows, ROC AUC "
             f"{curve['roc_auc']}; dashed: highest kappa)",
             ylabel="share, kappa",
